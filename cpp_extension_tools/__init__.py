@@ -1,0 +1,25 @@
+"""Compile C, C++ and CUDA extensions for PyTorch where they run, once, and load them in a millisecond.
+
+The public surface is deliberately small; everything else lives in private
+modules that may change.
+"""
+
+import logging as _logging
+
+from ._api import cached_load_torch_cpp_extension
+from ._errors import BuildError, LockTimeoutError
+from ._flags import get_default_cpp_cflags, get_default_cuda_cflags
+from ._sources import get_cpp_sources_list_from_folder
+from ._version import __version__
+
+__all__ = [
+    "BuildError",
+    "LockTimeoutError",
+    "__version__",
+    "cached_load_torch_cpp_extension",
+    "get_cpp_sources_list_from_folder",
+    "get_default_cpp_cflags",
+    "get_default_cuda_cflags",
+]
+
+_logging.getLogger("cpp_extension_tools").addHandler(_logging.NullHandler())

@@ -1,0 +1,176 @@
+"""cached_load_torch_cpp_extension: check, lock, check again, build, publish, load."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterable
+from types import ModuleType
+
+from ._builder import run_build
+from ._config import BuildConfig, make_config
+from ._errors import BuildError
+from ._flags import get_default_cpp_cflags, get_default_cuda_cflags
+from ._loader import import_extension, memo_get, memo_put
+from ._locking import module_lock
+from ._manifest import Manifest
+from ._root import resolve_root
+from ._sources import language_of, validate_flags, validate_include_paths, validate_name, validate_sources
+from ._store import ModuleStore, sources_digest
+
+__all__ = ["cached_load_torch_cpp_extension"]
+
+logger = logging.getLogger("cpp_extension_tools")
+
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
+
+
+def cached_load_torch_cpp_extension(
+    name: str,
+    sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    extra_include_paths: Iterable[str | os.PathLike[str]] = (),
+    extra_cflags: Iterable[str] | None = None,
+    extra_cuda_cflags: Iterable[str] | None = None,
+    extra_ldflags: Iterable[str] = (),
+    verbose: bool = False,
+    build_directory: str | os.PathLike[str] | None = None,
+    with_cuda: bool | None = None,
+) -> ModuleType:
+    """Build (once) and import a C, C++ or CUDA extension module.
+
+    The binary is cached under ``build_directory``, else the folder in
+    ``CACHED_CPP_EXTENSION_BUILD_DIR``, else ``./cached_cpp_extensions``. It
+    is rebuilt only when something it depends on changed: sources, included
+    headers, flags, compilers, torch, Python, the CPU (with -march=native) or
+    the CUDA target. Concurrent callers in any number of processes build it
+    once. ``extra_cflags=None`` means :func:`get_default_cpp_cflags`.
+
+    Raises:
+        BuildError: compiling or linking failed (the message shows the first
+            compiler errors and the path of the full log).
+        TypeError, ValueError, FileNotFoundError: an argument is wrong; the
+            message names it. Nothing has been built or written then.
+    """
+    config, verbose = _validated_config(name, sources, extra_include_paths, extra_cflags,
+                                        extra_cuda_cflags, extra_ldflags, verbose, with_cuda)
+    root = resolve_root(build_directory)
+    store = ModuleStore(root, config.name)
+    module = memo_get(store.folder, config.key)
+    if module is not None:
+        return module
+    if verbose:
+        _make_verbose_output_visible()
+    log = logger.info if verbose else logger.debug
+    log("%s: cache root %s, configuration %s", config.name, root, config.short_key)
+    manifest, reason = store.find(config)
+    if manifest is not None:
+        log("%s: cache hit, artifact %s", config.name, manifest.artifact_id)
+        return _load(store, config, manifest)
+    log("%s: cache miss (%s)", config.name, reason)
+    return _build_and_load(store, config, verbose)
+
+
+def _validated_config(name: object, sources: object, include_paths: object, cflags: object,
+                      cuda_cflags: object, ldflags: object, verbose: object,
+                      with_cuda: object) -> tuple[BuildConfig, bool]:
+    checked_name = validate_name(name)
+    checked_sources = validate_sources(sources)
+    checked_includes = validate_include_paths(include_paths)
+    checked_cflags = get_default_cpp_cflags() if cflags is None else validate_flags("extra_cflags", cflags)
+    checked_cuda_cflags = (get_default_cuda_cflags() if cuda_cflags is None
+                           else validate_flags("extra_cuda_cflags", cuda_cflags))
+    checked_ldflags = validate_flags("extra_ldflags", ldflags)
+    if not isinstance(verbose, bool):
+        raise TypeError(f"verbose: expected a bool, got {type(verbose).__name__}")
+    has_cuda_sources = any(language_of(s) == "cuda" for s in checked_sources)
+    if with_cuda is None:
+        with_cuda = has_cuda_sources
+    elif not isinstance(with_cuda, bool):
+        raise TypeError(f"with_cuda: expected a bool or None, got {type(with_cuda).__name__}")
+    elif has_cuda_sources and not with_cuda:
+        raise ValueError("with_cuda: False, but sources include .cu files; pass with_cuda=None or True")
+    if with_cuda:
+        _require_cuda_toolchain(checked_name)
+    config = make_config(checked_name, checked_sources, checked_includes, checked_cflags,
+                         checked_cuda_cflags, checked_ldflags, with_cuda)
+    return config, verbose
+
+
+def _require_cuda_toolchain(name: str) -> None:
+    import torch
+
+    from ._probe import find_nvcc
+
+    if torch.version.cuda is None:
+        raise BuildError(
+            f"cannot build {name!r} with CUDA: torch {torch.__version__} is a CPU-only build (torch.version.cuda "
+            "is None), and torch.utils.cpp_extension compiles .cu files only with a CUDA build of torch. "
+            "Install a CUDA build of torch, or leave the .cu sources out on this machine.", name=name)
+    if find_nvcc() is None:
+        raise BuildError(
+            f"cannot build {name!r} with CUDA: nvcc was not found (looked at PYTORCH_NVCC, CUDA_HOME, "
+            "CUDA_PATH, PATH and /usr/local/cuda). Install the CUDA toolkit or set CUDA_HOME.", name=name)
+
+
+def _load(store: ModuleStore, config: BuildConfig, manifest: Manifest) -> ModuleType:
+    module = import_extension(config.name, store.library_path(manifest))
+    memo_put(store.folder, config.key, module, manifest)
+    return module
+
+
+def _thread_lock(folder: str) -> threading.Lock:
+    with _thread_locks_guard:
+        return _thread_locks.setdefault(folder, threading.Lock())
+
+
+def _build_and_load(store: ModuleStore, config: BuildConfig, verbose: bool) -> ModuleType:
+    # Read before waiting: a failure recorded while we wait was the build we
+    # waited for, and is re-raised instead of being compiled again.
+    failure_before = store.read_failure(config)
+    with _thread_lock(store.folder):
+        module = memo_get(store.folder, config.key)
+        if module is not None:
+            return module
+        store.ensure_folders()
+        with module_lock(store.lock_path, store.owner_path, f"{config.name!r} ({store.folder})"):
+            manifest, reason = store.find(config)
+            if manifest is None:
+                manifest = _build_locked(store, config, verbose, failure_before)
+        return _load(store, config, manifest)
+
+
+def _build_locked(store: ModuleStore, config: BuildConfig, verbose: bool,
+                  failure_before: object) -> Manifest:
+    digest = sources_digest(config)
+    failure = store.read_failure(config)
+    if (failure is not None and failure.sources_digest == digest
+            and (failure_before is None or getattr(failure_before, "attempt", None) != failure.attempt)):
+        logger.info("%s: the build this process waited for failed; not building again", config.name)
+        raise failure.error
+    try:
+        outcome = run_build(config, store.build_folder(config), verbose)
+    except BuildError as error:
+        store.write_failure(config, digest, error)
+        raise
+    manifest = store.publish(config, outcome.library, outcome.inputs, outcome.seconds, outcome.details)
+    store.clear_failure(config)
+    return manifest
+
+
+_verbose_handler: logging.Handler | None = None
+
+
+def _make_verbose_output_visible() -> None:
+    """verbose=True must show something even when the application configured no logging."""
+    global _verbose_handler
+    configured = [h for h in logger.handlers if not isinstance(h, logging.NullHandler)]
+    if _verbose_handler is not None or configured or logging.getLogger().handlers:
+        return
+    _verbose_handler = logging.StreamHandler(sys.stderr)
+    _verbose_handler.setFormatter(logging.Formatter("[cpp_extension_tools] %(message)s"))
+    logger.addHandler(_verbose_handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)

@@ -1,0 +1,171 @@
+"""Build worker: runs torch.utils.cpp_extension.load in a process of its own.
+
+Run as ``python _build_worker.py SPEC.json`` by the library (never imported by
+it): it depends on nothing but the standard library and torch, so it works
+whatever the parent's sys.path. A separate process means the parent never
+imports setuptools or torch.utils.cpp_extension, never initializes CUDA (this
+process may, to learn the GPUs' architectures), never changes its own
+environment, and never has the build folder's copy of the binary loaded.
+
+The worker dies with its parent: a build whose requester was killed stops,
+together with ninja and the compilers (they share this process group).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    def stop_group(signum: int, frame: object) -> None:
+        # The parent starts us in a session of our own, so this group is
+        # exactly us, ninja and the compilers; never signal a group we do not lead.
+        if os.getpgid(0) == os.getpid():
+            os.killpg(os.getpid(), signal.SIGKILL)
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, stop_group)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:  # also covers platforms without PR_SET_PDEATHSIG
+        while True:
+            if os.getppid() != parent_pid:
+                stop_group(signal.SIGTERM, None)
+            time.sleep(0.5)
+
+    if os.getppid() != parent_pid:
+        stop_group(signal.SIGTERM, None)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _ensure_ninja_on_path() -> None:
+    # torch looks for "ninja" on PATH; a virtual environment used without being
+    # activated has it next to the interpreter or in the ninja package only.
+    if shutil.which("ninja"):
+        return
+    candidates = [os.path.dirname(sys.executable)]
+    try:
+        import ninja  # type: ignore[import-untyped]
+
+        candidates.append(ninja.BIN_DIR)
+    except (ImportError, AttributeError):
+        pass
+    for folder in candidates:
+        if os.path.exists(os.path.join(folder, "ninja")):
+            os.environ["PATH"] = folder + os.pathsep + os.environ.get("PATH", "")
+            return
+
+
+def _resolve_cuda_arch_list() -> str:
+    """TORCH_CUDA_ARCH_LIST, else the visible GPUs' capabilities, else the archs torch was built for."""
+    import torch
+
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return os.environ["TORCH_CUDA_ARCH_LIST"]
+    if torch.cuda.is_available():
+        capabilities = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        return ";".join(f"{major}.{minor}" for major, minor in capabilities)
+    flags = torch._C._cuda_getArchFlags() if hasattr(torch._C, "_cuda_getArchFlags") else ""
+    archs = []
+    for flag in (flags or "").split():
+        match = re.fullmatch(r"(sm|compute)_(\d+)(\d)a?", flag)
+        if match and match.group(1) == "sm":
+            archs.append(f"{match.group(2)}.{match.group(3)}")
+    if not archs:
+        raise RuntimeError("no GPU is visible and TORCH_CUDA_ARCH_LIST is not set; set it to the "
+                           "architectures to build for, e.g. TORCH_CUDA_ARCH_LIST='8.0;9.0'")
+    print(f"cpp_extension_tools: no GPU visible; building for torch's own architectures {archs}",
+          flush=True)
+    return ";".join(archs)
+
+
+def _ninja_deps(build_directory: str) -> dict[str, list[str]]:
+    """Every object's dependencies as recorded by ninja (depfiles are deleted after reading)."""
+    try:
+        output = subprocess.run(["ninja", "-t", "deps"], cwd=build_directory, capture_output=True,
+                                text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    deps: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in output.splitlines():
+        if not line.strip():
+            current = None
+        elif not line.startswith(" ") and ": #deps" in line:
+            target = os.path.normpath(os.path.join(build_directory, line.split(": #deps", 1)[0]))
+            current = deps.setdefault(target, [])
+        elif current is not None:
+            current.append(os.path.normpath(os.path.join(build_directory, line.strip())))
+    return deps
+
+
+def _version_line(command: list[str]) -> str:
+    try:
+        out = subprocess.run(command + ["--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    lines = [line for line in out.splitlines() if line.strip()]
+    if not lines:
+        return "unknown"
+    # nvcc prints its release on the last lines, gcc and clang on the first.
+    return lines[-2] if "nvcc" in command[0] and len(lines) > 1 else lines[0]
+
+
+def build(spec: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {"ok": False}
+    try:
+        _ensure_ninja_on_path()
+        if spec["with_cuda"]:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = result["cuda_arch_list"] = _resolve_cuda_arch_list()
+        import torch.utils.cpp_extension as cpp_extension
+
+        cpp_extension.load(
+            name=spec["name"], sources=spec["sources"], extra_cflags=spec["cflags"],
+            extra_cuda_cflags=spec["cuda_cflags"], extra_ldflags=spec["ldflags"],
+            extra_include_paths=spec["include_paths"], build_directory=spec["build_directory"],
+            verbose=True, with_cuda=spec["with_cuda"], is_python_module=False)
+        result["ok"] = True
+    except Exception as error:  # reported to the parent, which raises BuildError
+        result["error"] = str(error)
+        result["error_type"] = type(error).__name__
+        traceback.print_exc()
+    result["deps"] = _ninja_deps(spec["build_directory"])
+    result["compiler_versions"] = {role: _version_line(words) for role, words in spec["compilers"].items()}
+    return result
+
+
+def main() -> int:
+    spec_path, result_path, parent_pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    _die_with_parent(parent_pid)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+    with open(spec_path, encoding="utf-8") as f:
+        spec = json.load(f)
+    result = build(spec)
+    sys.stdout.flush()
+    temporary = f"{result_path}.tmp-{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as f:
+        json.dump(result, f)
+    os.replace(temporary, result_path)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Drives one build: prepares the build folder, runs the build worker, collects inputs.
+
+The caller holds the module lock. The build itself (torch's load(), ninja,
+the compilers) runs in a worker process; this module turns its outcome into
+either the list of input files to publish or a BuildError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import _probe
+from ._config import BuildConfig
+from ._driver import write_driver
+from ._errors import BuildError
+from ._fsutil import atomic_write_bytes, make_private_dirs
+from ._hashing import FileRecord, digest_file, record_file
+
+__all__ = ["BuildOutcome", "run_build"]
+
+logger = logging.getLogger("cpp_extension_tools")
+
+_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_build_worker.py")
+_STATE_FILE = "cpp_extension_tools_state.json"
+_ERROR_LINE = re.compile(r"^(?P<where>[^\s:][^:]*:\d+(?::\d+)?): (?:fatal )?error[:\s]|"
+                         r"undefined reference|undefined symbol|cannot find -l|ld returned|"
+                         r"^nvcc fatal|error: ", re.IGNORECASE)
+_MAX_ERROR_LINES = 12
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    library: str
+    inputs: list[FileRecord]
+    seconds: float
+    details: dict[str, Any]
+
+
+def run_build(config: BuildConfig, build_folder: str, verbose: bool) -> BuildOutcome:
+    make_private_dirs(build_folder)
+    _remove_stale_baton(build_folder)
+    _invalidate_changed_objects(build_folder)
+    source_digests = {path: digest_file(path) for path in config.sources}
+    compilers = _compilers(config)
+    driver = write_driver(build_folder, compilers["cc"], compilers["cxx"])
+    log_path = os.path.join(build_folder, "build.log")
+    started = time.monotonic()
+    logger.info("building %s (%d source%s) in %s", config.name, len(config.sources),
+                "" if len(config.sources) == 1 else "s", build_folder)
+    result = _run_worker(config, build_folder, driver, compilers, log_path, verbose)
+    seconds = time.monotonic() - started
+    if not result.get("ok"):
+        raise _build_error(config.name, result, log_path)
+    inputs = _collect_inputs(config, result.get("deps", {}))
+    changed = [p for p, d in source_digests.items() if digest_file(p) != d]
+    if changed:
+        raise BuildError(f"{changed[0]} changed while {config.name} was being built; call again to "
+                         "build the new version", name=config.name, log_path=log_path)
+    _save_state(build_folder, result.get("deps", {}))
+    logger.info("built %s in %.1f s", config.name, seconds)
+    details = {"configuration": config.describe(), "compiler_versions": result.get("compiler_versions", {}),
+               "cuda_arch_list": result.get("cuda_arch_list"), "build_folder": build_folder}
+    return BuildOutcome(os.path.join(build_folder, f"{config.name}.so"), inputs, seconds, details)
+
+
+def _compilers(config: BuildConfig) -> dict[str, list[str]]:
+    cxx = _probe.resolve_compiler("CXX", "c++")
+    compilers = {"cxx": [cxx.path, *cxx.words[1:]]}
+    cc = _probe.resolve_compiler("CC", "cc") if "c" in config.languages else None
+    compilers["cc"] = [cc.path, *cc.words[1:]] if cc else ["cc"]
+    if config.with_cuda:
+        compilers["nvcc"] = [_probe.find_nvcc() or "nvcc"]
+    return compilers
+
+
+def _remove_stale_baton(build_folder: str) -> None:
+    # torch's FileBaton ("lock") is left behind when a build is killed, and
+    # torch would then wait for it forever. Builds in this folder only run
+    # while we hold the module lock, so any baton found now is stale.
+    baton = os.path.join(build_folder, "lock")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(baton)
+        logger.warning("removed a stale torch build lock left by a killed build: %s", baton)
+
+
+def _invalidate_changed_objects(build_folder: str) -> None:
+    """Delete objects whose recorded inputs changed content.
+
+    ninja rebuilds by timestamps only; a source restored with an older mtime
+    (an archive, ``cp -p``, a clock step) would leave a stale object in the
+    link. Content decides here, so such an object is removed and rebuilt.
+    """
+    try:
+        with open(os.path.join(build_folder, _STATE_FILE), encoding="utf-8") as f:
+            state = json.load(f)
+        objects = state["objects"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    for obj, deps in objects.items():
+        if not isinstance(deps, dict) or os.path.dirname(os.path.abspath(obj)) != os.path.abspath(build_folder):
+            continue
+        for path, digest in deps.items():
+            try:
+                unchanged = digest_file(path) == digest
+            except OSError:
+                unchanged = False
+            if not unchanged:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(obj)
+                break
+
+
+def _save_state(build_folder: str, deps: dict[str, list[str]]) -> None:
+    objects: dict[str, dict[str, str]] = {}
+    for obj, paths in deps.items():
+        with contextlib.suppress(OSError):
+            objects[obj] = {p: digest_file(p) for p in paths}
+    atomic_write_bytes(os.path.join(build_folder, _STATE_FILE), json.dumps({"objects": objects}).encode())
+
+
+def _system_prefixes(config: BuildConfig) -> tuple[str, ...]:
+    """Folders whose headers are covered by versions in the key rather than by content."""
+    import torch
+
+    prefixes = {os.path.join(os.path.dirname(torch.__file__), "include"), "/usr/include", "/usr/lib/gcc",
+                "/usr/local/cuda", "/usr/lib/llvm"}
+    for name in ("include", "platinclude"):
+        path = sysconfig.get_paths().get(name)
+        if path:
+            prefixes.add(path)
+    nvcc = _probe.find_nvcc()
+    if config.with_cuda and nvcc:
+        prefixes.add(os.path.dirname(os.path.dirname(os.path.realpath(nvcc.split()[0]))))
+    return tuple(os.path.realpath(p) + os.sep for p in prefixes)
+
+
+def _collect_inputs(config: BuildConfig, deps: dict[str, list[str]]) -> list[FileRecord]:
+    """Sources plus the user headers they included, each with its content digest."""
+    system = _system_prefixes(config)
+    user = tuple(os.path.realpath(p) + os.sep for p in config.include_paths)
+    headers: set[str] = set()
+    for paths in deps.values():
+        for path in paths:
+            real = os.path.realpath(path)
+            if path in config.sources or (real.startswith(system) and not real.startswith(user)):
+                continue
+            headers.add(os.path.abspath(path))
+    return [record_file(p) for p in config.sources] + [record_file(p) for p in sorted(headers)
+                                                       if os.path.isfile(p)]
+
+
+def _run_worker(config: BuildConfig, build_folder: str, driver: str, compilers: dict[str, list[str]],
+                log_path: str, verbose: bool) -> dict[str, Any]:
+    spec = {
+        "name": config.name, "sources": list(config.sources), "cflags": list(config.cflags),
+        "cuda_cflags": list(config.cuda_cflags), "ldflags": list(config.ldflags),
+        "include_paths": list(config.include_paths), "build_directory": build_folder,
+        "with_cuda": config.with_cuda, "compilers": compilers,
+    }
+    spec_path = os.path.join(build_folder, "cpp_extension_tools_spec.json")
+    result_path = os.path.join(build_folder, "cpp_extension_tools_result.json")
+    atomic_write_bytes(spec_path, json.dumps(spec, indent=1).encode())
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(result_path)
+    env = dict(os.environ, CXX=driver, TORCH_NO_COMPILER_WRAPPER="1", PYTHONUNBUFFERED="1")
+    command = [sys.executable, _WORKER, spec_path, result_path, str(os.getpid())]
+    with open(log_path, "w", encoding="utf-8", errors="replace") as log:
+        process = subprocess.Popen(command, cwd=build_folder, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, text=True, errors="replace")
+        try:
+            assert process.stdout is not None  # noqa: S101 - guaranteed by stdout=PIPE
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                _log_progress(line.rstrip("\n"), verbose)
+            returncode = process.wait()
+        except BaseException:
+            _stop_worker(process)
+            raise
+    try:
+        with open(result_path, encoding="utf-8") as f:
+            result: dict[str, Any] = json.load(f)
+    except (OSError, ValueError):
+        how = f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
+        _stop_worker(process)
+        result = {"ok": False, "error": f"the build worker ended without a result ({how})"}
+    return result
+
+
+def _log_progress(line: str, verbose: bool) -> None:
+    if not line:
+        return
+    if verbose:
+        logger.info("%s", line)
+    else:
+        logger.debug("%s", line)
+
+
+def _stop_worker(process: subprocess.Popen[str]) -> None:
+    """Stop the worker and everything it started (its own process group)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        process.wait(timeout=10)
+
+
+def _build_error(name: str, result: dict[str, Any], log_path: str) -> BuildError:
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            log_lines = f.read().splitlines()
+    except OSError:
+        log_lines = []
+    errors = [line for line in log_lines if _ERROR_LINE.search(line)][:_MAX_ERROR_LINES]
+    failed = [line for line in log_lines if line.startswith("FAILED: ")]
+    reason = str(result.get("error", "unknown error")).strip().splitlines()
+    headline = reason[0] if reason else "unknown error"
+    if "Ninja is required" in headline:
+        headline += " (install it with 'pip install ninja')"
+    body = "\n".join(errors) if errors else "\n".join(reason[1:12])
+    message = f"Error building extension {name!r}: {headline}"
+    if body:
+        message += "\n" + body
+    message += f"\nFull build log: {log_path}"
+    return BuildError(message, name=name, command=failed[0][len("FAILED: "):] if failed else "",
+                      log_path=log_path, compiler_output="\n".join(errors))

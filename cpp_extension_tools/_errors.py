@@ -1,0 +1,60 @@
+"""Exceptions raised by the library.
+
+Each error derives from a standard library class, so callers that know nothing
+about this library still catch it (``except RuntimeError``), and each one is
+picklable, so it crosses process boundaries (multiprocessing workers re-raise
+it in the parent).
+"""
+
+from __future__ import annotations
+
+__all__ = ["BuildError", "LockTimeoutError", "ManifestError"]
+
+
+class BuildError(RuntimeError):
+    """Compiling or linking an extension failed.
+
+    Attributes:
+        name: the extension's module name.
+        command: the command whose failure ended the build (may be empty).
+        log_path: the full build log on disk.
+        compiler_output: the compiler's first error lines.
+    """
+
+    def __init__(self, message: str, *, name: str = "", command: str = "", log_path: str = "",
+                 compiler_output: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.name = name
+        self.command = command
+        self.log_path = log_path
+        self.compiler_output = compiler_output
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only arguments are not restored by BaseException's default
+        # pickling, which would lose every field but the message.
+        return (_rebuild_build_error, (self.message, self.name, self.command, self.log_path,
+                                       self.compiler_output))
+
+    def to_dict(self) -> dict[str, str]:
+        return {"message": self.message, "name": self.name, "command": self.command,
+                "log_path": self.log_path, "compiler_output": self.compiler_output}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, str]) -> BuildError:
+        return cls(data["message"], name=data.get("name", ""), command=data.get("command", ""),
+                   log_path=data.get("log_path", ""), compiler_output=data.get("compiler_output", ""))
+
+
+def _rebuild_build_error(message: str, name: str, command: str, log_path: str,
+                         compiler_output: str) -> BuildError:
+    return BuildError(message, name=name, command=command, log_path=log_path,
+                      compiler_output=compiler_output)
+
+
+class LockTimeoutError(TimeoutError):
+    """Waiting for another process's build of the same module took too long."""
+
+
+class ManifestError(ValueError):
+    """A cache manifest is missing, unreadable or inconsistent (the entry is treated as absent)."""

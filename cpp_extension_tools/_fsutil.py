@@ -1,0 +1,62 @@
+"""Atomic file publication: write to a temporary name, fsync, then os.replace.
+
+A reader sees either the old file or the complete new one, never a torn
+write, whatever happens to the writer (SIGKILL, full disk, power loss after
+the fsync).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+
+__all__ = ["TEMP_MARKER", "atomic_copy", "atomic_write_bytes", "make_private_dirs", "temporary_name"]
+
+# Every temporary file carries this marker so leftovers of a killed writer can
+# be recognized (and are never mistaken for real entries).
+TEMP_MARKER = ".tmp-"
+
+
+def temporary_name(path: str) -> str:
+    directory, base = os.path.split(path)
+    return os.path.join(directory, f"{base}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+@contextlib.contextmanager
+def _cleanup_on_error(path: str) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+
+
+def atomic_write_bytes(path: str, data: bytes, mode: int = 0o644) -> None:
+    tmp = temporary_name(path)
+    with _cleanup_on_error(tmp):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def atomic_copy(source: str, destination: str, mode: int = 0o755) -> None:
+    tmp = temporary_name(destination)
+    with _cleanup_on_error(tmp):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, destination)
+
+
+def make_private_dirs(path: str, mode: int = 0o700) -> None:
+    """Create ``path`` and missing parents with ``mode`` (umask still applies)."""
+    os.makedirs(path, mode=mode, exist_ok=True)

@@ -1,0 +1,93 @@
+"""The per-module build lock.
+
+An OS-level lock (flock through the filelock package), so the kernel releases
+it when the holder dies, however it dies: a killed build never leaves a lock
+that makes everyone else wait forever, unlike torch's FileBaton
+(pytorch#189245). The lock file itself is never deleted: deleting a lock file
+another process holds or waits on splits the lock in two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+
+from ._errors import LockTimeoutError
+from ._fsutil import atomic_write_bytes
+
+__all__ = ["LOCK_TIMEOUT_ENV", "module_lock"]
+
+logger = logging.getLogger("cpp_extension_tools")
+
+LOCK_TIMEOUT_ENV = "CACHED_CPP_EXTENSION_LOCK_TIMEOUT"
+LOCK_LOG_INTERVAL_ENV = "CACHED_CPP_EXTENSION_LOCK_LOG_INTERVAL"
+DEFAULT_LOCK_TIMEOUT = 3600.0  # a large CUDA extension can compile for many minutes
+DEFAULT_LOG_INTERVAL = 10.0
+
+
+def _seconds_from_env(variable: str, default: float) -> float:
+    raw = os.environ.get(variable)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{variable}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise ValueError(f"{variable}={raw!r} must be positive")
+    return value
+
+
+@contextlib.contextmanager
+def module_lock(lock_path: str, owner_path: str, what: str) -> Iterator[None]:
+    """Hold the lock at ``lock_path``, logging who holds it while we wait."""
+    import filelock  # imported here: the warm path never takes the lock
+
+    timeout = _seconds_from_env(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT)
+    interval = _seconds_from_env(LOCK_LOG_INTERVAL_ENV, DEFAULT_LOG_INTERVAL)
+    lock = filelock.FileLock(lock_path, mode=0o600)
+    started = time.monotonic()
+    while True:
+        remaining = timeout - (time.monotonic() - started)
+        try:
+            lock.acquire(timeout=max(0.0, min(interval, remaining)), poll_interval=0.05)
+            break
+        except filelock.Timeout:
+            waited = time.monotonic() - started
+            if waited >= timeout:
+                raise LockTimeoutError(
+                    f"gave up waiting for the build lock of {what} after {waited:.0f} s; "
+                    f"it is held by {_describe_owner(owner_path)}. If that build is stuck, stop it; "
+                    f"to wait longer set {LOCK_TIMEOUT_ENV} (seconds). Lock file: {lock_path}") from None
+            logger.info("waiting for the build lock of %s, held by %s (%.0f s so far)",
+                        what, _describe_owner(owner_path), waited)
+    try:
+        _write_owner(owner_path)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(owner_path)  # only the holder writes or removes it
+        lock.release()
+
+
+def _write_owner(owner_path: str) -> None:
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    try:
+        atomic_write_bytes(owner_path, json.dumps(owner).encode(), mode=0o600)
+    except OSError as e:
+        logger.debug("could not write lock owner file %s: %s", owner_path, e)
+
+
+def _describe_owner(owner_path: str) -> str:
+    try:
+        with open(owner_path, encoding="utf-8") as f:
+            owner = json.load(f)
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(owner["since"])))
+        return f"pid {int(owner['pid'])} on host {owner['host']} since {since}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (no owner details recorded)"

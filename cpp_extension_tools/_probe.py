@@ -1,0 +1,196 @@
+"""Cheap probes of the environment a binary is built for.
+
+Each probe is a small function so tests can monkeypatch it. None of them runs
+a subprocess or initializes CUDA: they are called on the warm path. What can
+only be learned by running a program (compiler versions, GPU capabilities) is
+learned by the build worker at build time and recorded in the manifest.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import shlex
+import shutil
+import sys
+import sysconfig
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CPU_FINGERPRINT_ENV", "CompilerIdentity", "cpu_fingerprint", "cuda_target",
+    "find_nvcc", "python_identity", "resolve_compiler", "torch_identity",
+]
+
+CPU_FINGERPRINT_ENV = "CACHED_CPP_EXTENSION_CPU_FINGERPRINT"
+TORCH_IDENTITY_ENV = "CACHED_CPP_EXTENSION_TORCH_IDENTITY"
+PYTHON_IDENTITY_ENV = "CACHED_CPP_EXTENSION_PYTHON_IDENTITY"
+
+
+def torch_identity() -> dict[str, Any]:
+    """Version, git commit, CUDA version and C++ ABI of the imported torch.
+
+    ``CACHED_CPP_EXTENSION_TORCH_IDENTITY`` is appended when set: it lets tests
+    (and people debugging a shared cache) pose as another torch build.
+    """
+    import torch  # already imported by any process that uses torch extensions
+
+    identity: dict[str, Any] = {
+        "version": str(torch.__version__),
+        "git_version": str(getattr(torch.version, "git_version", "")),
+        "cuda": torch.version.cuda,
+        "hip": getattr(torch.version, "hip", None),
+        "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
+    }
+    override = os.environ.get(TORCH_IDENTITY_ENV)
+    if override:
+        identity["posed_as"] = override
+    return identity
+
+
+@functools.lru_cache(maxsize=None)
+def _python_identity() -> tuple[str, str, str]:
+    return (str(sysconfig.get_config_var("EXT_SUFFIX")), sys.implementation.cache_tag or "",
+            platform.machine())
+
+
+def python_identity() -> dict[str, str]:
+    ext_suffix, cache_tag, machine = _python_identity()
+    identity = {"ext_suffix": ext_suffix, "cache_tag": cache_tag, "machine": machine}
+    override = os.environ.get(PYTHON_IDENTITY_ENV)
+    if override:
+        identity["posed_as"] = override
+    return identity
+
+
+def cpu_fingerprint() -> str:
+    """A digest of what ``-march=native`` depends on: vendor, family, model and feature flags.
+
+    ``CACHED_CPP_EXTENSION_CPU_FINGERPRINT`` overrides it: a cluster with
+    identical nodes can share one cache by setting the same value everywhere,
+    and tests pose as another CPU with it.
+    """
+    override = os.environ.get(CPU_FINGERPRINT_ENV)
+    if override:
+        return "override:" + override
+    return _detected_cpu_fingerprint()
+
+
+@functools.lru_cache(maxsize=None)
+def _detected_cpu_fingerprint() -> str:
+    description = _read_first_cpu_block()
+    return hashlib.sha256(description.encode()).hexdigest()[:32]
+
+
+_CPU_FIELDS = ("vendor_id", "cpu family", "model", "model name", "stepping", "flags",
+               "features", "cpu implementer", "cpu architecture", "cpu variant", "cpu part",
+               "isa", "uarch")
+
+
+def _read_first_cpu_block() -> str:
+    """Identity-relevant lines of the first processor in /proc/cpuinfo.
+
+    Only the first block is read: /proc/cpuinfo is several hundred KB on large
+    machines, and every core of one machine reports the same features.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            text = f.read(65536)
+    except OSError:
+        return f"{platform.machine()}|{platform.processor()}"
+    lines = []
+    for line in text.split("\n\n", 1)[0].splitlines():
+        field, _, value = line.partition(":")
+        if field.strip().lower() in _CPU_FIELDS:
+            lines.append(f"{field.strip().lower()}={' '.join(sorted(value.split()))}")
+    return f"{platform.machine()}\n" + "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class CompilerIdentity:
+    """A compiler command and the stat of the binary it resolves to.
+
+    The stat (size, mtime, inode) stands in for the version on the warm path:
+    upgrading the compiler replaces the binary, which changes the stat. The
+    version string itself is read once, at build time.
+    """
+
+    words: tuple[str, ...]
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+
+    def as_key(self) -> dict[str, Any]:
+        return {"words": list(self.words), "path": self.path, "size": self.size,
+                "mtime_ns": self.mtime_ns, "inode": self.inode}
+
+
+def resolve_compiler(env_var: str, default: str) -> CompilerIdentity:
+    """Resolve the compiler named by ``env_var`` (e.g. CC) or ``default`` to a binary."""
+    command = os.environ.get(env_var) or default
+    words = tuple(shlex.split(command)) or (default,)
+    path = _which(words[0], os.environ.get("PATH", ""))
+    if path is None:
+        raise FileNotFoundError(
+            f"compiler {words[0]!r} (from {env_var if os.environ.get(env_var) else 'the default'}) "
+            f"was not found on PATH; install a C/C++ compiler (e.g. 'apt install build-essential') "
+            f"or set {env_var} to one")
+    st = os.stat(path)
+    return CompilerIdentity(words, path, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=64)
+def _which(program: str, search_path: str) -> str | None:
+    found = shutil.which(program, path=search_path)
+    return os.path.realpath(found) if found else None
+
+
+def find_nvcc() -> str | None:
+    """The nvcc torch will use: PYTORCH_NVCC, then CUDA_HOME/CUDA_PATH, PATH, /usr/local/cuda."""
+    nvcc = os.environ.get("PYTORCH_NVCC")
+    if nvcc:
+        return nvcc
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        home = os.environ.get(var)
+        if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
+            return os.path.join(home, "bin", "nvcc")
+    on_path = _which("nvcc", os.environ.get("PATH", ""))
+    if on_path:
+        return on_path
+    default = "/usr/local/cuda/bin/nvcc"
+    return default if os.path.exists(default) else None
+
+
+def cuda_target() -> str:
+    """What CUDA code is compiled for, without initializing CUDA.
+
+    TORCH_CUDA_ARCH_LIST when set; otherwise the names of the visible NVIDIA
+    GPUs, read from the driver's /proc files (the build worker turns those into
+    an arch list by asking CUDA, in its own process).
+    """
+    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if arch_list:
+        return "arch_list:" + " ".join(arch_list.replace(";", " ").split())
+    names = []
+    try:
+        with os.scandir("/proc/driver/nvidia/gpus") as entries:
+            for entry in entries:
+                names.append(_gpu_model(os.path.join(entry.path, "information")))
+    except OSError:
+        pass
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return "gpus:" + ",".join(sorted(names)) + (f";visible={visible}" if visible is not None else "")
+
+
+def _gpu_model(information_path: str) -> str:
+    try:
+        with open(information_path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("Model:"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
