@@ -9,12 +9,10 @@ import threading
 from collections.abc import Iterable
 from types import ModuleType
 
-from ._builder import run_build
 from ._config import BuildConfig, make_config
 from ._errors import BuildError
 from ._flags import get_default_cpp_cflags, get_default_cuda_cflags
 from ._loader import import_extension, memo_get, memo_put
-from ._locking import module_lock
 from ._manifest import Manifest
 from ._root import resolve_root
 from ._sources import language_of, validate_flags, validate_include_paths, validate_name, validate_sources
@@ -127,6 +125,8 @@ def _thread_lock(folder: str) -> threading.Lock:
 
 
 def _build_and_load(store: ModuleStore, config: BuildConfig, verbose: bool) -> ModuleType:
+    from ._locking import module_lock  # the slow path's modules stay out of the warm path
+
     # Read before waiting: a failure recorded while we wait was the build we
     # waited for, and is re-raised instead of being compiled again.
     failure_before = store.read_failure(config)
@@ -150,6 +150,8 @@ def _build_locked(store: ModuleStore, config: BuildConfig, verbose: bool,
             and (failure_before is None or getattr(failure_before, "attempt", None) != failure.attempt)):
         logger.info("%s: the build this process waited for failed; not building again", config.name)
         raise failure.error
+    from ._builder import run_build
+
     try:
         outcome = run_build(config, store.build_folder(config), verbose)
     except BuildError as error:

@@ -89,12 +89,37 @@ def _resolve_cuda_arch_list() -> str:
         match = re.fullmatch(r"(sm|compute)_(\d+)(\d)a?", flag)
         if match and match.group(1) == "sm":
             archs.append(f"{match.group(2)}.{match.group(3)}")
+    if archs:
+        archs[-1] += "+PTX"  # PTX for the newest, so GPUs newer than torch's list still run it
     if not archs:
         raise RuntimeError("no GPU is visible and TORCH_CUDA_ARCH_LIST is not set; set it to the "
                            "architectures to build for, e.g. TORCH_CUDA_ARCH_LIST='8.0;9.0'")
     print(f"cpp_extension_tools: no GPU visible; building for torch's own architectures {archs}",
           flush=True)
     return ";".join(archs)
+
+
+_DEVICE_ARCH_FLAGS = ("-gencode", "--generate-code", "-arch", "--gpu-architecture", "-code", "--gpu-code")
+
+
+def _device_arch_flags(cuda_cflags: list[str], arch_list: str) -> list[str]:
+    """-gencode flags for the arch list, unless the user's flags choose architectures themselves.
+
+    torch adds these only when no CUDA flag contains "arch", so a host flag
+    such as ``-Xcompiler -march=native`` makes it drop them all and nvcc falls
+    back to its oldest default architecture. Adding them here avoids that.
+    """
+    if any(flag.startswith(_DEVICE_ARCH_FLAGS) for flag in cuda_cflags):
+        return []
+    flags = []
+    for arch in arch_list.replace(" ", ";").split(";"):
+        number = arch.removesuffix("+PTX").replace(".", "")
+        if not number.isdigit():
+            continue  # named architectures ("Hopper") are left to torch
+        flags.append(f"-gencode=arch=compute_{number},code=sm_{number}")
+        if arch.endswith("+PTX"):
+            flags.append(f"-gencode=arch=compute_{number},code=compute_{number}")
+    return flags
 
 
 def _ninja_deps(build_directory: str) -> dict[str, list[str]]:
@@ -133,13 +158,15 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {"ok": False}
     try:
         _ensure_ninja_on_path()
+        cuda_cflags = list(spec["cuda_cflags"])
         if spec["with_cuda"]:
             os.environ["TORCH_CUDA_ARCH_LIST"] = result["cuda_arch_list"] = _resolve_cuda_arch_list()
+            cuda_cflags += _device_arch_flags(cuda_cflags, result["cuda_arch_list"])
         import torch.utils.cpp_extension as cpp_extension
 
         cpp_extension.load(
             name=spec["name"], sources=spec["sources"], extra_cflags=spec["cflags"],
-            extra_cuda_cflags=spec["cuda_cflags"], extra_ldflags=spec["ldflags"],
+            extra_cuda_cflags=cuda_cflags, extra_ldflags=spec["ldflags"],
             extra_include_paths=spec["include_paths"], build_directory=spec["build_directory"],
             verbose=True, with_cuda=spec["with_cuda"], is_python_module=False)
         result["ok"] = True

@@ -174,6 +174,10 @@ def _run_worker(config: BuildConfig, build_folder: str, driver: str, compilers: 
     with contextlib.suppress(FileNotFoundError):
         os.unlink(result_path)
     env = dict(os.environ, CXX=driver, TORCH_NO_COMPILER_WRAPPER="1", PYTHONUNBUFFERED="1")
+    if config.with_cuda:
+        cuda_home = _probe.find_cuda_home()
+        if cuda_home:
+            env["CUDA_HOME"] = cuda_home
     command = [sys.executable, _WORKER, spec_path, result_path, str(os.getpid())]
     with open(log_path, "w", encoding="utf-8", errors="replace") as log:
         process = subprocess.Popen(command, cwd=build_folder, env=env, stdout=subprocess.PIPE,

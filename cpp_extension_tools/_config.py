@@ -9,7 +9,6 @@ the flags tune for it), the CUDA target and this library's version.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import _probe
@@ -24,17 +23,24 @@ __all__ = ["BuildConfig", "make_config"]
 CACHE_FORMAT = 1
 
 
-@dataclass(frozen=True)
 class BuildConfig:
-    name: str
-    sources: tuple[str, ...]
-    include_paths: tuple[str, ...]
-    cflags: tuple[str, ...]
-    cuda_cflags: tuple[str, ...]
-    ldflags: tuple[str, ...]
-    with_cuda: bool
-    environment: dict[str, Any] = field(hash=False, compare=False)
-    key: str = ""
+    """Normalized arguments plus the environment they are built in; ``key`` digests both."""
+
+    __slots__ = ("name", "sources", "include_paths", "cflags", "cuda_cflags", "ldflags", "with_cuda",
+                 "environment", "key")
+
+    def __init__(self, name: str, sources: tuple[str, ...], include_paths: tuple[str, ...],
+                 cflags: tuple[str, ...], cuda_cflags: tuple[str, ...], ldflags: tuple[str, ...],
+                 with_cuda: bool, environment: dict[str, Any]) -> None:
+        self.name = name
+        self.sources = sources
+        self.include_paths = include_paths
+        self.cflags = cflags
+        self.cuda_cflags = cuda_cflags
+        self.ldflags = ldflags
+        self.with_cuda = with_cuda
+        self.environment = environment
+        self.key = digest_value(self.describe())
 
     @property
     def short_key(self) -> str:
@@ -73,15 +79,8 @@ def make_config(name: str, sources: list[str], include_paths: list[str], cflags:
         if os.environ.get("CC"):
             # nvcc gets "-ccbin $CC" from torch: the host compiler is then part of the build.
             environment["cuda_host_cc"] = _probe.resolve_compiler("CC", "cc").as_key()
-    config = BuildConfig(name, tuple(sources), tuple(include_paths), tuple(cflags),
-                         tuple(cuda_cflags), tuple(ldflags), with_cuda, environment)
-    return _with_key(config)
-
-
-def _with_key(config: BuildConfig) -> BuildConfig:
-    return BuildConfig(config.name, config.sources, config.include_paths, config.cflags,
-                       config.cuda_cflags, config.ldflags, config.with_cuda, config.environment,
-                       key=digest_value(config.describe()))
+    return BuildConfig(name, tuple(sources), tuple(include_paths), tuple(cflags), tuple(cuda_cflags),
+                       tuple(ldflags), with_cuda, environment)
 
 
 def _nvcc_identity() -> dict[str, Any] | None:

@@ -11,7 +11,6 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["FileRecord", "digest_file", "digest_value", "file_matches", "record_file", "stat_signature"]
@@ -57,14 +56,19 @@ def digest_file(path: str) -> str:
     return result
 
 
-@dataclass(frozen=True)
 class FileRecord:
-    """What a manifest remembers of one input file."""
+    """What a manifest remembers of one input file (mtime_ns is 0 when too fresh to trust)."""
 
-    path: str
-    size: int
-    mtime_ns: int  # 0 when the file was too fresh to trust its mtime
-    sha256: str
+    __slots__ = ("path", "size", "mtime_ns", "sha256")
+
+    def __init__(self, path: str, size: int, mtime_ns: int, sha256: str) -> None:
+        self.path = path
+        self.size = size
+        self.mtime_ns = mtime_ns
+        self.sha256 = sha256
+
+    def __repr__(self) -> str:
+        return f"FileRecord({self.path!r}, size={self.size}, sha256={self.sha256[:12]}...)"
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns, "sha256": self.sha256}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from typing import Any
 
 from ._errors import ManifestError
@@ -22,18 +21,26 @@ MANIFEST_FORMAT = 1
 _MAX_MANIFEST_BYTES = 16 << 20
 
 
-@dataclass(frozen=True)
 class Manifest:
-    name: str
-    key: str
-    artifact_id: str
-    library_file: str  # file name inside the artifact folder, never a path
-    library: FileRecord  # its path field holds the file name
-    sources: tuple[str, ...]
-    inputs: tuple[FileRecord, ...]
-    created_at: float
-    build_seconds: float
-    details: dict[str, Any]  # configuration, compiler versions, CUDA archs: informative only
+    """One artifact: its binary (``library_file``, a plain file name inside the artifact folder),
+    the inputs it was built from, and informative ``details`` (configuration, compiler versions)."""
+
+    __slots__ = ("name", "key", "artifact_id", "library_file", "library", "sources", "inputs",
+                 "created_at", "build_seconds", "details")
+
+    def __init__(self, *, name: str, key: str, artifact_id: str, library_file: str, library: FileRecord,
+                 sources: tuple[str, ...], inputs: tuple[FileRecord, ...], created_at: float,
+                 build_seconds: float, details: dict[str, Any]) -> None:
+        self.name = name
+        self.key = key
+        self.artifact_id = artifact_id
+        self.library_file = library_file
+        self.library = library
+        self.sources = sources
+        self.inputs = inputs
+        self.created_at = created_at
+        self.build_seconds = build_seconds
+        self.details = details
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -12,16 +12,13 @@ import functools
 import hashlib
 import os
 import platform
-import shlex
 import shutil
 import sys
-import sysconfig
-from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
     "CPU_FINGERPRINT_ENV", "CompilerIdentity", "cpu_fingerprint", "cuda_target",
-    "find_nvcc", "python_identity", "resolve_compiler", "torch_identity",
+    "find_cuda_home", "find_nvcc", "python_identity", "resolve_compiler", "torch_identity",
 ]
 
 CPU_FINGERPRINT_ENV = "CACHED_CPP_EXTENSION_CPU_FINGERPRINT"
@@ -52,7 +49,10 @@ def torch_identity() -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=None)
 def _python_identity() -> tuple[str, str, str]:
-    return (str(sysconfig.get_config_var("EXT_SUFFIX")), sys.implementation.cache_tag or "",
+    # EXTENSION_SUFFIXES[0] is EXT_SUFFIX, without importing sysconfig on the warm path.
+    import importlib.machinery
+
+    return (importlib.machinery.EXTENSION_SUFFIXES[0], sys.implementation.cache_tag or "",
             platform.machine())
 
 
@@ -108,7 +108,6 @@ def _read_first_cpu_block() -> str:
     return f"{platform.machine()}\n" + "\n".join(lines)
 
 
-@dataclass(frozen=True)
 class CompilerIdentity:
     """A compiler command and the stat of the binary it resolves to.
 
@@ -117,11 +116,14 @@ class CompilerIdentity:
     version string itself is read once, at build time.
     """
 
-    words: tuple[str, ...]
-    path: str
-    size: int
-    mtime_ns: int
-    inode: int
+    __slots__ = ("words", "path", "size", "mtime_ns", "inode")
+
+    def __init__(self, words: tuple[str, ...], path: str, size: int, mtime_ns: int, inode: int) -> None:
+        self.words = words
+        self.path = path
+        self.size = size
+        self.mtime_ns = mtime_ns
+        self.inode = inode
 
     def as_key(self) -> dict[str, Any]:
         return {"words": list(self.words), "path": self.path, "size": self.size,
@@ -131,7 +133,7 @@ class CompilerIdentity:
 def resolve_compiler(env_var: str, default: str) -> CompilerIdentity:
     """Resolve the compiler named by ``env_var`` (e.g. CC) or ``default`` to a binary."""
     command = os.environ.get(env_var) or default
-    words = tuple(shlex.split(command)) or (default,)
+    words = _split_command(command) or (default,)
     path = _which(words[0], os.environ.get("PATH", ""))
     if path is None:
         raise FileNotFoundError(
@@ -143,25 +145,86 @@ def resolve_compiler(env_var: str, default: str) -> CompilerIdentity:
 
 
 @functools.lru_cache(maxsize=64)
+def _split_command(command: str) -> tuple[str, ...]:
+    import shlex  # only reached once per distinct command
+
+    return tuple(shlex.split(command))
+
+
+@functools.lru_cache(maxsize=64)
 def _which(program: str, search_path: str) -> str | None:
     found = shutil.which(program, path=search_path)
     return os.path.realpath(found) if found else None
 
 
 def find_nvcc() -> str | None:
-    """The nvcc torch will use: PYTORCH_NVCC, then CUDA_HOME/CUDA_PATH, PATH, /usr/local/cuda."""
+    """The nvcc to build with: PYTORCH_NVCC, else the one of :func:`find_cuda_home`."""
     nvcc = os.environ.get("PYTORCH_NVCC")
     if nvcc:
         return nvcc
+    home = find_cuda_home()
+    return os.path.join(home, "bin", "nvcc") if home else None
+
+
+def find_cuda_home() -> str | None:
+    """The CUDA toolkit to build with: CUDA_HOME or CUDA_PATH when set, else the best installed one.
+
+    torch derives CUDA_HOME from the nvcc on PATH; when that nvcc is a wrapper
+    script (/usr/local/bin/nvcc) it guesses /usr/local and the link fails with
+    "cannot find -lcudart". Here only folders holding both bin/nvcc and the
+    CUDA runtime library count, and among several toolkits the one matching
+    torch.version.cuda wins (torch refuses a different major version).
+    """
     for var in ("CUDA_HOME", "CUDA_PATH"):
-        home = os.environ.get(var)
-        if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
-            return os.path.join(home, "bin", "nvcc")
-    on_path = _which("nvcc", os.environ.get("PATH", ""))
+        if os.environ.get(var):
+            return os.environ[var]
+    import torch
+
+    return _best_cuda_home(os.environ.get("PATH", ""), torch.version.cuda)
+
+
+@functools.lru_cache(maxsize=8)
+def _best_cuda_home(search_path: str, torch_cuda: str | None) -> str | None:
+    candidates = []
+    on_path = _which("nvcc", search_path)
     if on_path:
-        return on_path
-    default = "/usr/local/cuda/bin/nvcc"
-    return default if os.path.exists(default) else None
+        candidates.append(os.path.dirname(os.path.dirname(on_path)))
+    candidates.append("/usr/local/cuda")
+    try:
+        candidates += sorted(e.path for e in os.scandir("/usr/local") if e.name.startswith("cuda-"))
+    except OSError:
+        pass
+    usable = [os.path.realpath(c) for c in candidates if _is_toolkit(c)]
+    usable = list(dict.fromkeys(usable))
+    if not usable:
+        return None
+    if torch_cuda:
+        wanted = tuple(torch_cuda.split(".")[:2])
+        for home in usable:
+            if _toolkit_version(home)[:2] == wanted:
+                return home
+        for home in usable:
+            if _toolkit_version(home)[:1] == wanted[:1]:
+                return home
+    return usable[0]
+
+
+def _is_toolkit(home: str) -> bool:
+    has_runtime = any(os.path.exists(os.path.join(home, lib, "libcudart.so")) for lib in ("lib64", "lib"))
+    return has_runtime and os.path.exists(os.path.join(home, "bin", "nvcc"))
+
+
+def _toolkit_version(home: str) -> tuple[str, ...]:
+    """(major, minor) from include/cuda.h's CUDA_VERSION (e.g. 13000 -> ("13", "0"))."""
+    try:
+        with open(os.path.join(home, "include", "cuda.h"), encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("#define CUDA_VERSION"):
+                    number = int(line.split()[2])
+                    return (str(number // 1000), str(number % 1000 // 10))
+    except (OSError, ValueError, IndexError):
+        pass
+    return ()
 
 
 def cuda_target() -> str:

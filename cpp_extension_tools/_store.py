@@ -23,7 +23,6 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from ._config import BuildConfig
@@ -37,11 +36,15 @@ __all__ = ["FailureRecord", "ModuleStore", "sources_digest"]
 logger = logging.getLogger("cpp_extension_tools")
 
 
-@dataclass(frozen=True)
 class FailureRecord:
-    attempt: str
-    sources_digest: str
-    error: BuildError
+    """The last failed build of a configuration: which attempt, from which sources, what error."""
+
+    __slots__ = ("attempt", "sources_digest", "error")
+
+    def __init__(self, attempt: str, sources_digest: str, error: BuildError) -> None:
+        self.attempt = attempt
+        self.sources_digest = sources_digest
+        self.error = error
 
 
 class ModuleStore:
