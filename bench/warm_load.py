@@ -168,7 +168,8 @@ def run_child(spec: dict[str, Any], cwd: Path) -> dict[str, float]:
     if completed.returncode != 0:
         raise RuntimeError(f"{spec['tool']} process failed (exit {completed.returncode}):\n"
                            f"{completed.stdout}\n{completed.stderr}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    timing: dict[str, float] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return timing
 
 
 def build_all(specs: dict[str, dict[str, Any]], workdir: Path) -> dict[str, float]:

@@ -136,7 +136,7 @@ def _build_and_load(store: ModuleStore, config: BuildConfig, verbose: bool) -> M
             return module
         store.ensure_folders()
         with module_lock(store.lock_path, store.owner_path, f"{config.name!r} ({store.folder})"):
-            manifest, reason = store.find(config)
+            manifest, _ = store.find(config)
             if manifest is None:
                 manifest = _build_locked(store, config, verbose, failure_before)
         return _load(store, config, manifest)

@@ -63,7 +63,7 @@ def _ensure_ninja_on_path() -> None:
         return
     candidates = [os.path.dirname(sys.executable)]
     try:
-        import ninja  # type: ignore[import-untyped]
+        import ninja
 
         candidates.append(ninja.BIN_DIR)
     except (ImportError, AttributeError):
@@ -144,7 +144,7 @@ def _ninja_deps(build_directory: str) -> dict[str, list[str]]:
 
 def _version_line(command: list[str]) -> str:
     try:
-        out = subprocess.run(command + ["--version"], capture_output=True, text=True, timeout=60).stdout
+        out = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     lines = [line for line in out.splitlines() if line.strip()]

@@ -184,7 +184,7 @@ def _run_worker(config: BuildConfig, build_folder: str, driver: str, compilers: 
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, text=True, errors="replace")
         try:
-            assert process.stdout is not None  # noqa: S101 - guaranteed by stdout=PIPE
+            assert process.stdout is not None
             for line in process.stdout:
                 log.write(line)
                 log.flush()

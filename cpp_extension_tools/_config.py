@@ -26,8 +26,17 @@ CACHE_FORMAT = 1
 class BuildConfig:
     """Normalized arguments plus the environment they are built in; ``key`` digests both."""
 
-    __slots__ = ("name", "sources", "include_paths", "cflags", "cuda_cflags", "ldflags", "with_cuda",
-                 "environment", "key")
+    __slots__ = (
+        "cflags",
+        "cuda_cflags",
+        "environment",
+        "include_paths",
+        "key",
+        "ldflags",
+        "name",
+        "sources",
+        "with_cuda",
+    )
 
     def __init__(self, name: str, sources: tuple[str, ...], include_paths: tuple[str, ...],
                  cflags: tuple[str, ...], cuda_cflags: tuple[str, ...], ldflags: tuple[str, ...],

@@ -59,7 +59,7 @@ def digest_file(path: str) -> str:
 class FileRecord:
     """What a manifest remembers of one input file (mtime_ns is 0 when too fresh to trust)."""
 
-    __slots__ = ("path", "size", "mtime_ns", "sha256")
+    __slots__ = ("mtime_ns", "path", "sha256", "size")
 
     def __init__(self, path: str, size: int, mtime_ns: int, sha256: str) -> None:
         self.path = path

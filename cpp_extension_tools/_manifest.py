@@ -25,8 +25,18 @@ class Manifest:
     """One artifact: its binary (``library_file``, a plain file name inside the artifact folder),
     the inputs it was built from, and informative ``details`` (configuration, compiler versions)."""
 
-    __slots__ = ("name", "key", "artifact_id", "library_file", "library", "sources", "inputs",
-                 "created_at", "build_seconds", "details")
+    __slots__ = (
+        "artifact_id",
+        "build_seconds",
+        "created_at",
+        "details",
+        "inputs",
+        "key",
+        "library",
+        "library_file",
+        "name",
+        "sources",
+    )
 
     def __init__(self, *, name: str, key: str, artifact_id: str, library_file: str, library: FileRecord,
                  sources: tuple[str, ...], inputs: tuple[FileRecord, ...], created_at: float,

@@ -47,7 +47,7 @@ def torch_identity() -> dict[str, Any]:
     return identity
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _python_identity() -> tuple[str, str, str]:
     # EXTENSION_SUFFIXES[0] is EXT_SUFFIX, without importing sysconfig on the warm path.
     import importlib.machinery
@@ -78,7 +78,7 @@ def cpu_fingerprint() -> str:
     return _detected_cpu_fingerprint()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _detected_cpu_fingerprint() -> str:
     description = _read_first_cpu_block()
     return hashlib.sha256(description.encode()).hexdigest()[:32]
@@ -116,7 +116,7 @@ class CompilerIdentity:
     version string itself is read once, at build time.
     """
 
-    __slots__ = ("words", "path", "size", "mtime_ns", "inode")
+    __slots__ = ("inode", "mtime_ns", "path", "size", "words")
 
     def __init__(self, words: tuple[str, ...], path: str, size: int, mtime_ns: int, inode: int) -> None:
         self.words = words
@@ -146,7 +146,9 @@ def resolve_compiler(env_var: str, default: str) -> CompilerIdentity:
 
 @functools.lru_cache(maxsize=64)
 def _split_command(command: str) -> tuple[str, ...]:
-    import shlex  # only reached once per distinct command
+    if not any(c in command for c in " \t'\"\\"):
+        return (command,)  # the common case needs no shlex import on the warm path
+    import shlex
 
     return tuple(shlex.split(command))
 

@@ -39,7 +39,7 @@ logger = logging.getLogger("cpp_extension_tools")
 class FailureRecord:
     """The last failed build of a configuration: which attempt, from which sources, what error."""
 
-    __slots__ = ("attempt", "sources_digest", "error")
+    __slots__ = ("attempt", "error", "sources_digest")
 
     def __init__(self, attempt: str, sources_digest: str, error: BuildError) -> None:
         self.attempt = attempt

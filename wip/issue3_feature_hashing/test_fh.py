@@ -1,0 +1,601 @@
+"""pytest for csrc/feature_hashing.c (built by hand into fh_test.so)."""
+import ctypes
+import gc
+import importlib.machinery
+import importlib.util
+import os
+import random
+import struct
+import subprocess
+import sys
+import sysconfig
+import threading
+
+import numpy as np
+import pytest
+import torch
+import xxhash
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join(HERE, "csrc")
+SO = os.path.join(HERE, "fh_test.so")
+GCC = ["gcc", "-std=gnu17", "-O3", "-march=native", "-Wall", "-Wextra", "-Werror",
+       "-fno-strict-aliasing", "-fPIC"]
+
+
+def _build():
+    srcs = [os.path.join(CSRC, f) for f in ("feature_hashing.c", "xxhash64.h", "dlpack_c.h")]
+    if not os.path.exists(SO) or os.path.getmtime(SO) < max(map(os.path.getmtime, srcs)):
+        subprocess.check_call(GCC + ["-shared", "-DTORCH_EXTENSION_NAME=fh_test",
+                                     "-I" + sysconfig.get_paths()["include"], srcs[0], "-o", SO])
+    loader = importlib.machinery.ExtensionFileLoader("fh_test", SO)
+    spec = importlib.util.spec_from_file_location("fh_test", SO, loader=loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+m = _build()
+
+U63 = 2**63 - 1
+U64 = 2**64 - 1
+SEEDS = [0, 1, 2**32, 0xDEADBEEFCAFEBABE, U64]
+BUCKETS = [1, 2, 3, 7, 10, 1000, 1 << 20, (1 << 32) - 1, 1 << 32, (1 << 32) + 1, 10**12 + 39,
+           (1 << 62) - 1, 1 << 62, (1 << 62) + 1, U63 - 2, U63]
+
+
+def hs(values, nb, seed=0):
+    return torch.from_dlpack(m.hash_strings(values, nb, seed))
+
+
+def hi(x, nb, seed=0):
+    return torch.from_dlpack(m.hash_ids(x, nb, seed))
+
+
+def ref_str(v, nb, seed=0):
+    b = v.encode("utf-8") if isinstance(v, str) else bytes(v)
+    return xxhash.xxh64_intdigest(b, seed) % nb
+
+
+def ref_ids(arr, nb, seed=0):
+    flat = np.asarray(arr).reshape(-1)
+    out = [xxhash.xxh64_intdigest(struct.pack("<q", int(v)), seed) % nb for v in flat]
+    return np.array(out, dtype=np.uint64).view(np.int64).reshape(np.asarray(arr).shape)
+
+
+def rand_unicode(rng, n):
+    pools = [(0x20, 0x7E), (0xA0, 0x7FF), (0x800, 0xD7FF), (0xE000, 0xFFFD), (0x10000, 0x10FFFF)]
+    out = []
+    for _ in range(n):
+        lo, hi_ = rng.choice(pools)
+        out.append(chr(rng.randint(lo, hi_)))
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------- basics
+
+def test_static():
+    assert m.GetStaticInteger() == 42
+    assert m.Add42ToInteger(1) == 43
+    assert m.Add42ToInteger(-42) == 0
+    assert m.Add42ToInteger(2**100) == 2**100 + 42
+    with pytest.raises(TypeError):
+        m.Add42ToInteger("x")
+
+
+def test_module_name_and_flags():
+    assert m.__name__ == "fh_test"
+    assert m.has_cuda() is False
+
+
+# --------------------------------------------------------------------------- strings
+
+def test_empty_input():
+    t = hs([], 10)
+    assert t.dtype == torch.int64 and t.shape == (0,)
+    assert hs((), 10).shape == (0,)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_every_length_bytes_and_str(seed):
+    rng = random.Random(seed & 0xFFFF)
+    vals = [bytes(rng.randrange(256) for _ in range(n)) for n in range(0, 65)]
+    vals += [bytes(rng.randrange(256) for _ in range(n)) for n in (100, 127, 128, 129, 1000, 4096)]
+    for nb in BUCKETS:
+        got = hs(vals, nb, seed).tolist()
+        exp = [ref_str(v, nb, seed) for v in vals]
+        assert [g & U64 for g in got] == exp
+    svals = ["a" * n for n in range(65)]
+    got = hs(svals, U63, seed).tolist()
+    assert got == [ref_str(v, U63, seed) for v in svals]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_unicode(seed):
+    rng = random.Random(seed ^ 12345)
+    vals = [rand_unicode(rng, rng.randint(0, 50)) for _ in range(2000)]
+    vals += ["", "\U0001F600", "h\u00e9llo", "\u4e2d\u6587", "\x00", "a\x00b", "\U0010FFFF" * 9]
+    for nb in (1, 2, 17, 2**31 - 1, 2**40 + 7, U63):
+        got = hs(vals, nb, seed).tolist()
+        assert got == [ref_str(v, nb, seed) for v in vals]
+        # str and its UTF-8 bytes hash identically
+        assert hs([v.encode() for v in vals], nb, seed).tolist() == got
+
+
+def test_random_buckets_fastmod():
+    rng = random.Random(7)
+    vals = [os.urandom(rng.randint(0, 40)) for _ in range(500)]
+    raw = [xxhash.xxh64_intdigest(v, 3) for v in vals]
+    nbs = [rng.randint(1, U63) for _ in range(200)] + [rng.randint(1, 1 << 20) for _ in range(200)]
+    nbs += [(1 << k) + d for k in range(1, 63) for d in (-1, 0, 1) if 1 <= (1 << k) + d <= U63]
+    for nb in nbs:
+        assert hs(vals, nb, 3).tolist() == [r % nb for r in raw], nb
+
+
+def test_tuple_list_ndarray_subclasses():
+    vals = ["a", b"b", "\u00ff", b""]
+    exp = [ref_str(v, 1000) for v in vals]
+    assert hs(vals, 1000).tolist() == exp
+    assert hs(tuple(vals), 1000).tolist() == exp
+    assert hs(np.array(vals, dtype=object), 1000).tolist() == exp
+
+    class S(str):
+        pass
+
+    class B(bytes):
+        pass
+
+    assert hs([S("a"), B(b"b")], 1000).tolist() == exp[:2]
+
+
+def test_result_is_independent_of_later_mutation():
+    vals = ["x", "y"]
+    t = hs(vals, 100)
+    vals[0] = "z"
+    assert t.tolist() == [ref_str("x", 100), ref_str("y", 100)]
+
+
+def test_concurrent_mutation_does_not_crash():
+    vals = ["s%d" % i for i in range(20000)]
+    stop = threading.Event()
+
+    def mutate():
+        while not stop.is_set():
+            vals.append("extra" * 10)
+            vals.pop()
+            vals.reverse()
+
+    th = threading.Thread(target=mutate)
+    th.start()
+    try:
+        for _ in range(50):
+            t = hs(vals, 1 << 30)
+            assert t.shape[0] in (20000, 20001)
+    finally:
+        stop.set()
+        th.join()
+
+
+def test_unconsumed_capsule_frees_itself():
+    cap = m.hash_strings(["a"], 10)
+    assert type(cap).__name__ == "PyCapsule"
+    del cap  # destructor calls the deleter (leaks would show in the RSS test)
+
+
+@pytest.mark.parametrize("bad,exc", [
+    (None, TypeError), (123, TypeError), ("abc", TypeError), (b"abc", TypeError),
+    (bytearray(b"x"), TypeError), ({"a"}, TypeError),
+])
+def test_strings_bad_container(bad, exc):
+    with pytest.raises(exc):
+        m.hash_strings(bad, 10)
+
+
+def test_strings_bad_items():
+    with pytest.raises(TypeError, match=r"values\[1\]"):
+        m.hash_strings(["a", 1, "b"], 10)
+    with pytest.raises(TypeError, match=r"values\[0\]"):
+        m.hash_strings([None], 10)
+    with pytest.raises(TypeError, match=r"values\[2\]"):
+        m.hash_strings(["a", b"b", bytearray(b"c")], 10)
+    with pytest.raises(UnicodeEncodeError):
+        m.hash_strings(["ok", "\udcff"], 10)
+    with pytest.raises(ValueError):  # UnicodeEncodeError is a ValueError
+        m.hash_strings(["\ud800x"], 10)
+
+
+@pytest.mark.parametrize("nb", [0, -1, 2**63, 2**64, -(2**70)])
+def test_bad_num_buckets(nb):
+    with pytest.raises(ValueError, match="num_buckets"):
+        m.hash_strings(["a"], nb)
+    with pytest.raises(ValueError, match="num_buckets"):
+        m.hash_ids(torch.arange(3), nb)
+
+
+@pytest.mark.parametrize("nb", [1.5, None, "3"])
+def test_num_buckets_wrong_type(nb):
+    with pytest.raises(TypeError):
+        m.hash_strings(["a"], nb)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, 2**100])
+def test_bad_seed(seed):
+    with pytest.raises(ValueError, match="seed"):
+        m.hash_strings(["a"], 10, seed)
+    with pytest.raises(ValueError, match="seed"):
+        m.hash_ids(torch.arange(3), 10, seed)
+    with pytest.raises(TypeError):
+        m.hash_strings(["a"], 10, 1.0)
+
+
+def test_keywords_and_numpy_ints():
+    assert hs(["a"], np.int64(10), np.uint64(U64)).tolist() == [ref_str("a", 10, U64)]
+    t = torch.from_dlpack(m.hash_strings(values=["a"], num_buckets=10, seed=5))
+    assert t.tolist() == [ref_str("a", 10, 5)]
+
+
+# --------------------------------------------------------------------------- ids
+
+@pytest.mark.parametrize("seed", [0, 1, U64])
+@pytest.mark.parametrize("nb", [1, 2, 1000, 2**33 + 1, U63])
+def test_ids_contiguous(seed, nb):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-(2**63), 2**63 - 1, (1000,), dtype=torch.int64, generator=g)
+    x[:4] = torch.tensor([0, -1, 2**63 - 1, -(2**63)])
+    got = hi(x, nb, seed)
+    assert got.dtype == torch.int64 and got.shape == x.shape
+    assert np.array_equal(got.numpy(), ref_ids(x.numpy(), nb, seed))
+
+
+def test_ids_strided_layouts():
+    x = torch.arange(-60, 60, dtype=torch.int64).reshape(8, 15) * 1000003
+    cases = {
+        "T": x.t(),
+        "slice_offset": x[3:, 1::2],
+        "3d_perm": x.reshape(2, 4, 15).permute(2, 0, 1),
+        "expand": torch.tensor([5, 6], dtype=torch.int64)[:, None].expand(2, 7),
+        "row": x[2],
+        "col": x[:, 4],
+        "0d": torch.tensor(123456789, dtype=torch.int64),
+        "0d_view": x[1, 2],
+        "zero": torch.empty((0, 3), dtype=torch.int64),
+        "zero_nc": x[:, :0],
+        "size1dims": x[:1, :, None][:, 2:9],
+    }
+    for name, t in cases.items():
+        for nb in (97, 1 << 40, U63):
+            got = hi(t, nb, 11)
+            assert got.shape == t.shape, name
+            assert got.is_contiguous()
+            assert np.array_equal(got.numpy(), ref_ids(t.contiguous().numpy(), nb, 11)), name
+
+
+def test_ids_numpy():
+    a = np.arange(-500, 500, dtype=np.int64).reshape(10, 100) * 7919
+    cases = [a, a.T, a[::-1], a[:, ::-3], a[2:5, 10:90:7], np.array(5, dtype=np.int64),
+             np.empty((3, 0), dtype=np.int64)]
+    ro = a.copy()
+    ro.flags.writeable = False
+    cases.append(ro)
+    for c in cases:
+        got = hi(c, 1009, 2)
+        assert got.shape == c.shape
+        assert np.array_equal(got.numpy(), ref_ids(np.array(c, order="C"), 1009, 2))
+
+
+def test_ids_large_matches_small_path():
+    # large enough to release the GIL; compare to a Python reference subset
+    x = torch.randint(-(2**62), 2**62, (100_000,), dtype=torch.int64)
+    got = hi(x, 12345, 9)
+    idx = torch.randint(0, 100_000, (500,))
+    assert np.array_equal(got[idx].numpy(), ref_ids(x[idx].numpy(), 12345, 9))
+    gt = hi(x.reshape(1000, 100).t(), 12345, 9)
+    assert torch.equal(gt, got.reshape(1000, 100).t())
+
+
+def test_ids_accepts_capsule_and_consumes_it():
+    x = torch.arange(10)
+    cap = x.__dlpack__()
+    assert torch.equal(hi(cap, 50), hi(x, 50))
+    with pytest.raises(TypeError, match="unconsumed"):
+        m.hash_ids(cap, 50)
+
+
+@pytest.mark.parametrize("t", [
+    torch.arange(3, dtype=torch.int32), torch.arange(3, dtype=torch.float32),
+    torch.arange(3, dtype=torch.float64), torch.arange(3, dtype=torch.uint8),
+    torch.zeros(3, dtype=torch.bool), np.arange(3, dtype=np.uint64), np.arange(3, dtype=np.int32),
+])
+def test_ids_wrong_dtype(t):
+    with pytest.raises(TypeError, match="int64"):
+        m.hash_ids(t, 10)
+    with pytest.raises(TypeError, match="int64"):
+        m.hash_ids_into(t, torch.empty(3, dtype=torch.int64), 10)
+
+
+@pytest.mark.parametrize("bad", [None, [1, 2], 3, "abc"])
+def test_ids_not_dlpack(bad):
+    with pytest.raises(TypeError, match="DLPack"):
+        m.hash_ids(bad, 10)
+
+
+def test_ids_requires_grad_tensor_error_propagates():
+    x = torch.arange(3.0, requires_grad=True)
+    with pytest.raises((RuntimeError, TypeError, BufferError)):
+        m.hash_ids(x, 10)
+
+
+# --------------------------------------------------------------------------- hash_ids_into
+
+def test_into_cpu():
+    x = torch.randint(-(2**63), 2**63 - 1, (40, 25), dtype=torch.int64)
+    exp = hi(x, 777, 5)
+    dst = torch.empty_like(x)
+    assert m.hash_ids_into(x, dst, 777, 5) is None
+    assert torch.equal(dst, exp)
+    dst2 = torch.empty(1000, dtype=torch.int64)  # same numel, other shape
+    m.hash_ids_into(x.t(), dst2, 777, 5, stream=0)
+    assert torch.equal(dst2, hi(x.t(), 777, 5).reshape(-1))
+    # in place
+    y = x.clone()
+    m.hash_ids_into(y, y, 777, 5)
+    assert torch.equal(y, exp)
+    # numpy destination
+    nd = np.empty((40, 25), dtype=np.int64)
+    m.hash_ids_into(x, nd, 777, 5)
+    assert np.array_equal(nd, exp.numpy())
+    # zero-size and 0-d
+    m.hash_ids_into(torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64), 3)
+    z = torch.empty((), dtype=torch.int64)
+    m.hash_ids_into(torch.tensor(42), z, U63)
+    assert z.item() == ref_ids(np.array(42), U63).item()
+
+
+def test_into_errors():
+    x = torch.arange(12)
+    with pytest.raises(ValueError, match="elements"):
+        m.hash_ids_into(x, torch.empty(11, dtype=torch.int64), 10)
+    with pytest.raises(ValueError, match="contiguous"):
+        m.hash_ids_into(x, torch.empty(3, 4, dtype=torch.int64).t(), 10)
+    ro = np.empty(12, dtype=np.int64)
+    ro.flags.writeable = False
+    with pytest.raises((ValueError, BufferError), match="read-only|readonly"):
+        m.hash_ids_into(x, ro, 10)
+    with pytest.raises(TypeError, match="int64"):
+        m.hash_ids_into(x, torch.empty(12, dtype=torch.int32), 10)
+    with pytest.raises(ValueError, match="stream"):
+        m.hash_ids_into(x, torch.empty(12, dtype=torch.int64), 10, 0, -1)
+
+
+# A hand-made "CUDA" DLPack capsule (we have no GPU): checks the no-CUDA build's
+# error and that the capsule is consumed and its deleter run.
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32),
+                ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+
+
+_DELETER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+class _DLManagedTensor(ctypes.Structure):
+    _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", _DELETER)]
+
+
+class _DLPackVersion(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_uint32), ("minor", ctypes.c_uint32)]
+
+
+class _DLManagedTensorVersioned(ctypes.Structure):
+    _fields_ = [("version", _DLPackVersion), ("manager_ctx", ctypes.c_void_p), ("deleter", _DELETER),
+                ("flags", ctypes.c_uint64), ("dl_tensor", _DLTensor)]
+
+
+def test_dlpack_struct_layout_matches_torch_capsules():
+    # sanity-check our ctypes mirror (and thus dlpack_c.h's field order) against torch
+    pycap_get = ctypes.pythonapi.PyCapsule_GetPointer
+    pycap_get.restype = ctypes.c_void_p
+    pycap_get.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    x = torch.arange(6).reshape(2, 3)[:, 1:]
+    cap = x.__dlpack__(max_version=(1, 0))
+    p = ctypes.cast(pycap_get(cap, b"dltensor_versioned"), ctypes.POINTER(_DLManagedTensorVersioned))
+    assert p.contents.version.major == 1
+    t = p.contents.dl_tensor
+    assert (t.device.device_type, t.ndim, t.dtype.code, t.dtype.bits) == (1, 2, 0, 64)
+    assert [t.shape[0], t.shape[1]] == [2, 2] and [t.strides[0], t.strides[1]] == [3, 1]
+    assert torch.equal(hi(cap, 99), hi(x, 99))  # then consumed by us
+
+
+class FakeCuda:
+    """Object exporting a fake CUDA int64 tensor via DLPack."""
+
+    def __init__(self, versioned, n=4, flags=0, device_type=2):
+        self.versioned, self.flags, self.device_type = versioned, flags, device_type
+        self.shape = (ctypes.c_int64 * 1)(n)
+        self.buf = (ctypes.c_int64 * n)()
+        self.deleted = 0
+        self.kwargs = None
+
+        def _del(_ptr):
+            self.deleted += 1
+        self._del = _DELETER(_del)
+
+    def __dlpack_device__(self):
+        return (self.device_type, 0)
+
+    def __dlpack__(self, **kwargs):
+        self.kwargs = kwargs
+        t = _DLTensor(ctypes.cast(self.buf, ctypes.c_void_p), _DLDevice(self.device_type, 0), 1,
+                      _DLDataType(0, 64, 1), self.shape, None, 0)
+        if self.versioned:
+            self.mt = _DLManagedTensorVersioned(_DLPackVersion(1, 0), None, self._del, self.flags, t)
+            name = b"dltensor_versioned"
+        else:
+            if "max_version" in kwargs:
+                raise TypeError("unexpected keyword max_version")
+            self.mt = _DLManagedTensor(t, None, self._del)
+            name = b"dltensor"
+        new = ctypes.pythonapi.PyCapsule_New
+        new.restype = ctypes.py_object
+        new.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+        return new(ctypes.addressof(self.mt), name, None)
+
+
+@pytest.mark.parametrize("versioned", [True, False])
+def test_cuda_without_kernel(versioned):
+    src, dst = FakeCuda(versioned), FakeCuda(versioned)
+    with pytest.raises(RuntimeError, match="no CUDA kernel because"):
+        m.hash_ids_into(src, dst, 10, 0, 7)
+    assert src.deleted == 1 and dst.deleted == 1
+    assert src.kwargs.get("stream") == 7
+    if versioned:
+        assert src.kwargs.get("max_version") == (1, 0)
+    s0 = FakeCuda(versioned)
+    with pytest.raises(RuntimeError):
+        m.hash_ids_into(s0, FakeCuda(versioned), 10)
+    assert s0.kwargs.get("stream") == 1  # our default stream 0 -> DLPack legacy default (1)
+    with pytest.raises(ValueError, match="CPU"):
+        m.hash_ids(FakeCuda(versioned), 10)
+
+
+def test_read_only_flag_rejected_for_dst():
+    src = torch.arange(4)
+    dst = FakeCuda(True, flags=1, device_type=1)  # CPU, read-only
+    with pytest.raises(ValueError, match="read-only"):
+        m.hash_ids_into(src, dst, 10)
+    assert dst.deleted == 1
+    ok = FakeCuda(True, flags=0, device_type=1)
+    m.hash_ids_into(src, ok, 10)
+    assert list(ok.buf) == hi(src, 10).tolist() and ok.deleted == 1
+    # read-only *source* is fine
+    rs = FakeCuda(True, flags=1, device_type=1)
+    rs.buf[:] = [1, 2, 3, 4]
+    assert hi(rs, 10).tolist() == ref_ids(np.array([1, 2, 3, 4]), 10).tolist()
+
+
+def test_device_mismatch():
+    with pytest.raises(ValueError, match="same device"):
+        m.hash_ids_into(FakeCuda(True), torch.empty(4, dtype=torch.int64), 10)
+
+
+# --------------------------------------------------------------------------- fastmod (C)
+
+def test_fastmod_edge_cases_in_c(tmp_path):
+    src = tmp_path / "fm.c"
+    src.write_text(r'''
+#include "xxhash64.h"
+#include <stdio.h>
+static uint64_t s = 88172645463325252ull;
+static uint64_t rnd(void) { s ^= s << 13; s ^= s >> 7; s ^= s << 17; return s; }
+static int check(uint64_t d, uint64_t x, fh_fastmod64 fm) {
+    if (fh_fastmod64_apply(x, fm) != x % d) { printf("FAIL d=%llu x=%llu\n",
+        (unsigned long long)d, (unsigned long long)x); return 1; }
+    return 0;
+}
+int main(void) {
+    int bad = 0;
+    for (int it = 0; it < 200000 && !bad; it++) {
+        uint64_t d;
+        switch (it % 4) {
+        case 0: d = rnd() >> 1; break;
+        case 1: d = rnd() >> (1 + rnd() % 63); break;
+        case 2: { int k = 1 + (int)(rnd() % 62); d = (1ull << k) + (rnd() % 3) - 1; break; }
+        default: d = 1 + it / 4; break;
+        }
+        if (d == 0) d = 1;
+        if (d > 0x7fffffffffffffffull) d = 0x7fffffffffffffffull;
+        fh_fastmod64 fm = fh_fastmod64_init(d);
+        uint64_t q = UINT64_MAX / d;
+        uint64_t xs[] = {0, 1, d - 1, d, d + 1, UINT64_MAX, UINT64_MAX - 1, q * d, q * d - 1,
+                         (q / 2) * d - 1, (q / 2) * d, rnd(), rnd(), rnd() >> 1};
+        for (unsigned i = 0; i < sizeof xs / sizeof xs[0]; i++) bad |= check(d, xs[i], fm);
+    }
+    puts(bad ? "BAD" : "OK");
+    return bad;
+}
+''')
+    exe = tmp_path / "fm"
+    subprocess.check_call(GCC[:-1] + ["-I" + CSRC, str(src), "-o", str(exe)])
+    out = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "OK", out.stdout
+
+
+def test_xxh64_generic_matches_u64_path_in_c(tmp_path):
+    src = tmp_path / "u.c"
+    src.write_text(r'''
+#include "xxhash64.h"
+#include <stdio.h>
+int main(void) {
+    uint64_t v = 0x0123456789abcdefull;
+    for (int i = 0; i < 100000; i++) {
+        uint8_t b[8];
+        for (int k = 0; k < 8; k++) b[k] = (uint8_t)(v >> (8 * k));
+        uint64_t seed = v * 31 + (uint64_t)i;
+        if (xxh64(b, 8, seed) != xxh64_u64(v, seed)) { puts("BAD"); return 1; }
+        v = v * 6364136223846793005ull + 1442695040888963407ull;
+    }
+    puts("OK");
+    return 0;
+}
+''')
+    exe = tmp_path / "u"
+    subprocess.check_call(GCC[:-1] + ["-I" + CSRC, str(src), "-o", str(exe)])
+    assert subprocess.run([str(exe)], capture_output=True, text=True).stdout.strip() == "OK"
+
+
+# --------------------------------------------------------------------------- leaks
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_no_rss_growth():
+    x = torch.arange(1000, dtype=torch.int64)
+    xt = x.reshape(20, 50).t()
+    npx = np.arange(1000, dtype=np.int64)[::-2]
+    dst = torch.empty(1000, dtype=torch.int64)
+    vals = ["abc%d" % i for i in range(100)] + [b"xyz", "\u00e9\U0001F600"]
+    bad_vals = ["ok", "fine", 3]
+
+    def one_round(i):
+        torch.from_dlpack(m.hash_strings(vals, 1000, i))
+        m.hash_strings(vals, 7)  # capsule dropped unconsumed
+        torch.from_dlpack(m.hash_ids(x, 97, i))
+        torch.from_dlpack(m.hash_ids(xt, 97))
+        torch.from_dlpack(m.hash_ids(npx, 97))
+        m.hash_ids_into(x, dst, 13, i)
+        m.hash_ids(x.__dlpack__(), 5)
+        for call in (lambda: m.hash_strings(bad_vals, 10),
+                     lambda: m.hash_strings(["a", "\udcff"], 10),
+                     lambda: m.hash_strings(None, 10),
+                     lambda: m.hash_strings(vals, 0),
+                     lambda: m.hash_strings(vals, 10, -1),
+                     lambda: m.hash_ids(x.int(), 10),
+                     lambda: m.hash_ids(None, 10),
+                     lambda: m.hash_ids_into(x, dst[:10], 10),
+                     lambda: m.hash_ids_into(FakeCuda(True), FakeCuda(True), 10),
+                     lambda: m.hash_ids_into(x, FakeCuda(True, flags=1, device_type=1), 10)):
+            try:
+                call()
+            except (TypeError, ValueError, RuntimeError):
+                pass
+
+    for i in range(2000):  # warm-up: allocator pools, caches
+        one_round(i)
+    gc.collect()
+    before = _rss_bytes()
+    for i in range(20000):
+        one_round(i)
+    gc.collect()
+    grown = _rss_bytes() - before
+    # per round we allocate ~30 KB of buffers; a leak of even one would be > 500 MB
+    assert grown < 8 * 1024 * 1024, f"RSS grew by {grown / 1e6:.1f} MB"
