@@ -78,8 +78,10 @@ def make_config(name: str, sources: list[str], include_paths: list[str], cflags:
         "python": _probe.python_identity(),
         "cxx": _probe.resolve_compiler("CXX", "c++").as_key(),
     }
+    cc = _probe.resolve_compiler("CC", "cc").as_key() if "c" in languages or (
+        with_cuda and os.environ.get("CC")) else None
     if "c" in languages:
-        environment["cc"] = _probe.resolve_compiler("CC", "cc").as_key()
+        environment["cc"] = cc
     if uses_native_cpu(cflags) or (with_cuda and uses_native_cpu(cuda_cflags)):
         environment["cpu"] = _probe.cpu_fingerprint()
     if with_cuda:
@@ -87,7 +89,7 @@ def make_config(name: str, sources: list[str], include_paths: list[str], cflags:
         environment["cuda_target"] = _probe.cuda_target()
         if os.environ.get("CC"):
             # nvcc gets "-ccbin $CC" from torch: the host compiler is then part of the build.
-            environment["cuda_host_cc"] = _probe.resolve_compiler("CC", "cc").as_key()
+            environment["cuda_host_cc"] = cc
     return BuildConfig(name, tuple(sources), tuple(include_paths), tuple(cflags), tuple(cuda_cflags),
                        tuple(ldflags), with_cuda, environment)
 

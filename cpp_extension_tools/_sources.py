@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import keyword
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 __all__ = [
     "C_SUFFIXES", "CPP_SUFFIXES", "CUDA_SUFFIXES", "SOURCE_SUFFIXES",
@@ -116,7 +116,7 @@ def validate_flags(argument: str, flags: object) -> list[str]:
     if isinstance(flags, str):
         raise TypeError(f"{argument}: expected a list of flags, got a single str {flags!r}; "
                         f"write [{flags!r}] or split it into separate flags")
-    if not isinstance(flags, Sequence) and not isinstance(flags, Iterable):
+    if not isinstance(flags, Iterable):
         raise TypeError(f"{argument}: expected a list of str, got {type(flags).__name__}")
     result = []
     for flag in flags:
