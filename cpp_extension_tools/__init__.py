@@ -9,6 +9,7 @@ import logging as _logging
 from ._api import cached_load_torch_cpp_extension
 from ._errors import BuildError, LockTimeoutError
 from ._flags import get_default_cpp_cflags, get_default_cuda_cflags
+from ._probe import cuda_unavailable_reason
 from ._sources import get_cpp_sources_list_from_folder
 from ._version import __version__
 
@@ -17,6 +18,7 @@ __all__ = [
     "LockTimeoutError",
     "__version__",
     "cached_load_torch_cpp_extension",
+    "cuda_unavailable_reason",
     "get_cpp_sources_list_from_folder",
     "get_default_cpp_cflags",
     "get_default_cuda_cflags",

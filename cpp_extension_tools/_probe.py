@@ -155,8 +155,26 @@ def _split_command(command: str) -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=64)
 def _which(program: str, search_path: str) -> str | None:
-    found = shutil.which(program, path=search_path)
-    return os.path.realpath(found) if found else None
+    # No realpath: os.stat follows symlinks, so re-pointing /usr/bin/c++ (update-alternatives)
+    # still changes the identity, and the warm path saves an lstat per path component.
+    return shutil.which(program, path=search_path)
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why CUDA sources cannot be built here, or None when they can.
+
+    They can when torch is a CUDA build and an nvcc is found (PYTORCH_NVCC,
+    CUDA_HOME/CUDA_PATH, or a toolkit reached from PATH). Cheap: no subprocess,
+    and CUDA is not initialized, so packages may call it at import.
+    """
+    import torch
+
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    if find_nvcc() is None:
+        return (f"no CUDA toolkit (nvcc) was found for torch's CUDA {torch.version.cuda}; "
+                "install one or set CUDA_HOME")
+    return None
 
 
 def find_nvcc() -> str | None:

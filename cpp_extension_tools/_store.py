@@ -132,8 +132,9 @@ class ModuleStore:
 
     def _read_latest(self, config: BuildConfig) -> str | None:
         try:
-            with open(self._latest_path(config), encoding="ascii") as f:
-                value = f.read(200).strip()
+            # Bytes, decoded after: open(encoding="ascii") would import encodings.ascii on the warm path.
+            with open(self._latest_path(config), "rb") as f:
+                value = f.read(200).decode().strip()
         except (OSError, UnicodeDecodeError):
             return None
         # Only a plain folder name is accepted: the pointer must never lead outside the store.

@@ -1,11 +1,12 @@
 /*
- * example_package's extension module, in C against the CPython C API only.
+ * example_package's extension module, in C against the CPython C API only
+ * (no pybind11, no torch C++ API): the recipe's GetStaticInteger and
+ * Add42ToInteger, and feature hashing (hash_strings.c, hash_ids.c).
  *
  * The module's name comes from torch's -DTORCH_EXTENSION_NAME=<name>, so the
  * init function is PyInit_<name> whatever name the package loads it under.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "example_module.h"
 
 #define CONCAT_(a, b) a##b
 #define CONCAT(a, b) CONCAT_(a, b)
@@ -35,11 +36,30 @@ static PyObject *add_42_to_integer(PyObject *self, PyObject *arg)
     return result;
 }
 
+static PyObject *has_cuda(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+#ifdef EP_WITH_CUDA
+    Py_RETURN_TRUE;
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
 static PyMethodDef module_methods[] = {
     {.ml_name = "GetStaticInteger", .ml_meth = get_static_integer, .ml_flags = METH_NOARGS,
      .ml_doc = "GetStaticInteger() -> int\n\nReturn 42."},
     {.ml_name = "Add42ToInteger", .ml_meth = add_42_to_integer, .ml_flags = METH_O,
      .ml_doc = "Add42ToInteger(x: int) -> int\n\nReturn x + 42 (any size of int)."},
+    {.ml_name = "hash_strings", .ml_meth = (PyCFunction)(void (*)(void))ep_hash_strings,
+     .ml_flags = METH_VARARGS | METH_KEYWORDS, .ml_doc = ep_hash_strings_doc},
+    {.ml_name = "hash_ids", .ml_meth = (PyCFunction)(void (*)(void))ep_hash_ids,
+     .ml_flags = METH_VARARGS | METH_KEYWORDS, .ml_doc = ep_hash_ids_doc},
+    {.ml_name = "hash_ids_into", .ml_meth = (PyCFunction)(void (*)(void))ep_hash_ids_into,
+     .ml_flags = METH_VARARGS | METH_KEYWORDS, .ml_doc = ep_hash_ids_into_doc},
+    {.ml_name = "has_cuda", .ml_meth = has_cuda, .ml_flags = METH_NOARGS,
+     .ml_doc = "has_cuda() -> bool\n\nTrue when the module was built with its CUDA kernel."},
     {NULL, NULL, 0, NULL},
 };
 

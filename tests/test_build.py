@@ -156,7 +156,7 @@ def test_stale_object_with_older_mtime_is_rebuilt(tmp_path: Path, compilers: Com
     assert cached_load_torch_cpp_extension("mtime_ext", sources, build_directory=root).answer() == 7
 
 
-@pytest.mark.parametrize("change", ["flags", "torch", "cpu_with_native", "compiler"])
+@pytest.mark.parametrize("change", ["flags", "torch", "python_abi", "cpu_with_native", "compiler"])
 def test_configuration_changes_rebuild(tmp_path: Path, compilers: CompilerLog, monkeypatch: pytest.MonkeyPatch,
                                        change: str) -> None:
     root = str(tmp_path / "cache")
@@ -168,6 +168,8 @@ def test_configuration_changes_rebuild(tmp_path: Path, compilers: CompilerLog, m
         flags = ["-O1", "-march=native"]
     elif change == "torch":
         monkeypatch.setenv("CACHED_CPP_EXTENSION_TORCH_IDENTITY", "posed-2.99")
+    elif change == "python_abi":
+        monkeypatch.setenv("CACHED_CPP_EXTENSION_PYTHON_IDENTITY", "cpython-3.99")
     elif change == "cpu_with_native":
         monkeypatch.setenv("CACHED_CPP_EXTENSION_CPU_FINGERPRINT", "another-cpu")
     elif change == "compiler":

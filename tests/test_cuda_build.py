@@ -64,6 +64,27 @@ def test_c_and_cuda_module_compiles_links_and_loads(tmp_path: Path, monkeypatch:
     assert '"cuda_arch_list": "8.0;9.0+PTX"' in manifest
 
 
+def test_arch_list_change_rebuilds_the_cuda_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nvcc_log = tmp_path / "nvcc.log"
+    wrapper = tmp_path / "nvcc-logged"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {nvcc_log}\nexec {_probe.find_nvcc()} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PYTORCH_NVCC", str(wrapper))
+    (tmp_path / "module.c").write_text(MODULE)
+    (tmp_path / "kernel.cu").write_text(KERNEL)
+    sources = [str(tmp_path / "module.c"), str(tmp_path / "kernel.cu")]
+    root = str(tmp_path / "cache")
+
+    def nvcc_compiles() -> int:
+        return sum(" -c " in f" {line} " for line in nvcc_log.read_text().splitlines()) if nvcc_log.exists() else 0
+
+    for arch, expected in (("8.0", 1), ("9.0", 2), ("8.0", 2)):  # the return to 8.0 is a cache hit
+        monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", arch)
+        cached_load_torch_cpp_extension("arch_ext", sources, build_directory=root)
+        assert nvcc_compiles() == expected, arch
+    assert len(list((tmp_path / "cache" / "arch_ext" / "artifacts").iterdir())) == 2
+
+
 def test_cuda_home_is_a_real_toolkit() -> None:
     home = _probe.find_cuda_home()
     assert home is not None

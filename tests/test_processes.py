@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -252,3 +253,25 @@ def test_example_package_recipe(tmp_path: Path, cache_root: Path, compilers: Com
     result = run_python("import example_package as ep; print(ep.GetStaticInteger(), ep.Add42ToInteger(-42))",
                         cwd=REPO)
     assert result.stdout.split() == ["42", "0"]
+
+
+@pytest.mark.slow
+def test_example_package_works_after_pip_install(tmp_path: Path, cache_root: Path, compilers: CompilerLog) -> None:
+    """`pip install .` ships csrc/ as package data: the installed package builds from its own copy."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(REPO, checkout, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "*.egg-info", "cached_cpp_extensions", "__pycache__", "wip", "bench"))
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+                    "--no-build-isolation", "--target", str(site), str(checkout)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    shutil.rmtree(checkout)  # the installed package must not lean on the source tree
+    assert (site / "example_package" / "csrc" / "example_module.c").is_file()
+    result = run_python("""
+        import json, example_package as ep
+        print(json.dumps([ep.__file__, ep.GetStaticInteger(), ep.Add42ToInteger(1)]))
+        """, env={"PYTHONPATH": str(site)}, cwd=tmp_path)
+    location, static, added = last_json(result.stdout)  # type: ignore[misc]
+    assert Path(location).is_relative_to(site)
+    assert (static, added) == (42, 43)
+    assert len(compilers.compiles()) == 1

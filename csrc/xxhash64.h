@@ -186,10 +186,8 @@ typedef struct fh_fastmod64 {
     unsigned shift;
 } fh_fastmod64;
 
-#if defined(__SIZEOF_INT128__) || defined(__CUDA_ARCH__)
-#define FH_HAVE_FASTMOD 1
-#else
-#define FH_HAVE_FASTMOD 0
+#if defined(__SIZEOF_INT128__)
+__extension__ typedef unsigned __int128 fh_uint128; /* a GNU extension: keep -Wpedantic quiet */
 #endif
 
 static XXH_DEVICE XXH_FORCE_INLINE uint64_t fh_mulhi64(uint64_t a, uint64_t b)
@@ -197,7 +195,7 @@ static XXH_DEVICE XXH_FORCE_INLINE uint64_t fh_mulhi64(uint64_t a, uint64_t b)
 #if defined(__CUDA_ARCH__)
     return __umul64hi(a, b);
 #elif defined(__SIZEOF_INT128__)
-    return (uint64_t)(((unsigned __int128)a * b) >> 64);
+    return (uint64_t)(((fh_uint128)a * b) >> 64);
 #else
     /* portable fallback */
     uint64_t a_lo = (uint32_t)a, a_hi = a >> 32, b_lo = (uint32_t)b, b_hi = b >> 32;
@@ -229,7 +227,7 @@ static inline fh_fastmod64 fh_fastmod64_init(uint64_t d)
         unsigned l = fh_floor_log2_u64(d);
         uint64_t proposed_m, rem, twice_rem;
 #if defined(__SIZEOF_INT128__)
-        unsigned __int128 num = (unsigned __int128)1 << (64 + l);
+        fh_uint128 num = (fh_uint128)1 << (64 + l);
         proposed_m = (uint64_t)(num / d);
         rem = (uint64_t)(num % d);
 #else

@@ -1,14 +1,14 @@
 /*
- * feature_hashing_cuda.cu - CUDA kernel for hash_ids_into().
+ * hash_ids_cuda.cu - the CUDA kernel behind hash_ids_into() for CUDA tensors.
  *
  * out[i] = xxh64(le_bytes(in[i]), seed) % num_buckets for contiguous int64
  * in/out of n elements, launched asynchronously on the given stream.
  *
- * Exports (C linkage, so feature_hashing.c needs no CUDA headers or cudart):
- *   int fh_hash_ids_cuda(const int64_t *in, int64_t *out, int64_t n,
+ * Exports (C linkage, so the C files need no CUDA headers):
+ *   int ep_hash_ids_cuda(const int64_t *in, int64_t *out, int64_t n,
  *                        uint64_t num_buckets, uint64_t seed, void *stream);
  *       returns 0 or a cudaError_t code.
- *   const char *fh_cuda_error_string(int code);
+ *   const char *ep_cuda_error_string(int code);
  */
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -20,7 +20,7 @@ namespace {
 constexpr int kThreads = 256;
 
 __global__ void __launch_bounds__(kThreads)
-fh_hash_ids_kernel(const int64_t *__restrict__ in, int64_t *__restrict__ out, int64_t n, fh_fastmod64 fm,
+hash_ids_kernel(const int64_t *__restrict__ in, int64_t *__restrict__ out, int64_t n, fh_fastmod64 fm,
                    uint64_t seed)
 {
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
@@ -32,7 +32,7 @@ fh_hash_ids_kernel(const int64_t *__restrict__ in, int64_t *__restrict__ out, in
 
 /* Same kernel, for in == out (in-place); no __restrict__ / __ldg. */
 __global__ void __launch_bounds__(kThreads)
-fh_hash_ids_kernel_inplace(int64_t *inout, int64_t n, fh_fastmod64 fm, uint64_t seed)
+hash_ids_kernel_inplace(int64_t *inout, int64_t n, fh_fastmod64 fm, uint64_t seed)
 {
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
@@ -43,7 +43,7 @@ fh_hash_ids_kernel_inplace(int64_t *inout, int64_t n, fh_fastmod64 fm, uint64_t 
 
 } // namespace
 
-extern "C" int fh_hash_ids_cuda(const int64_t *in, int64_t *out, int64_t n, uint64_t num_buckets, uint64_t seed,
+extern "C" int ep_hash_ids_cuda(const int64_t *in, int64_t *out, int64_t n, uint64_t num_buckets, uint64_t seed,
                                 void *stream)
 {
     if (n <= 0) return (int)cudaSuccess;
@@ -76,9 +76,9 @@ extern "C" int fh_hash_ids_cuda(const int64_t *in, int64_t *out, int64_t n, uint
 
     (void)cudaGetLastError(); /* do not report someone else's earlier error */
     if ((const void *)in == (const void *)out)
-        fh_hash_ids_kernel_inplace<<<(unsigned)blocks, kThreads, 0, s>>>(out, n, fm, seed);
+        hash_ids_kernel_inplace<<<(unsigned)blocks, kThreads, 0, s>>>(out, n, fm, seed);
     else
-        fh_hash_ids_kernel<<<(unsigned)blocks, kThreads, 0, s>>>(in, out, n, fm, seed);
+        hash_ids_kernel<<<(unsigned)blocks, kThreads, 0, s>>>(in, out, n, fm, seed);
     err = cudaGetLastError();
 
     if (dev != cur_dev) {
@@ -88,7 +88,7 @@ extern "C" int fh_hash_ids_cuda(const int64_t *in, int64_t *out, int64_t n, uint
     return (int)err;
 }
 
-extern "C" const char *fh_cuda_error_string(int code)
+extern "C" const char *ep_cuda_error_string(int code)
 {
     return cudaGetErrorString((cudaError_t)code);
 }

@@ -1,0 +1,360 @@
+/*
+ * hash_strings(values, num_buckets, seed=0): xxh64(UTF-8 bytes of values[i], seed) % num_buckets.
+ *
+ * values is a sequence of str/bytes (list, tuple, 1-D object ndarray) or a 1-D
+ * numpy array of dtype str_ or bytes_. The hashing loop runs without the GIL:
+ *  - a sequence is first copied into a private tuple (GIL held), which keeps
+ *    every item alive; str and bytes are immutable, so their bytes can be read
+ *    without the GIL. A str's own UTF-8 cache is never filled
+ *    (PyUnicode_AsUTF8 would keep a second copy of every string alive for as
+ *    long as the string lives): non-ASCII strings are encoded into a scratch
+ *    buffer instead.
+ *  - a numpy array is read through the buffer protocol (UCS4 or bytes cells,
+ *    trailing NULs stripped as numpy does).
+ * A lone surrogate (e.g. from surrogateescape) cannot be encoded: the loop
+ * records the first one, and the UnicodeEncodeError that str.encode would
+ * raise is raised once the GIL is back.
+ */
+#include "example_module.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "xxhash64.h"
+
+EP_INTERNAL const char ep_hash_strings_doc[] =
+    "hash_strings(values, num_buckets, seed=0) -> DLPack capsule\n\n"
+    "values: list/tuple of str or bytes, or a 1-D numpy array of dtype object, str_ or bytes_.\n"
+    "Returns a 1-D int64 CPU tensor (as a \"dltensor\" capsule) with\n"
+    "result[i] = xxh64(utf8(values[i]), seed) % num_buckets.";
+
+/* Growable byte buffer used without the GIL (plain malloc, never PyMem). */
+typedef struct {
+    uint8_t *data;
+    size_t capacity;
+} scratch_buffer;
+
+static int scratch_reserve(scratch_buffer *scratch, size_t size)
+{
+    if (size <= scratch->capacity) {
+        return 0;
+    }
+    uint8_t *grown = realloc(scratch->data, size);
+    if (grown == NULL) {
+        return -1;
+    }
+    scratch->data = grown;
+    scratch->capacity = size;
+    return 0;
+}
+
+/* UTF-8 of `length` code points read by `read(data, i)`; -1 at a surrogate or a non-character. */
+static Py_ssize_t encode_code_point(Py_UCS4 c, uint8_t *out)
+{
+    if (c < 0x80) {
+        out[0] = (uint8_t)c;
+        return 1;
+    }
+    if (c < 0x800) {
+        out[0] = (uint8_t)(0xC0 | (c >> 6));
+        out[1] = (uint8_t)(0x80 | (c & 0x3F));
+        return 2;
+    }
+    if (c < 0x10000) {
+        if (c >= 0xD800 && c <= 0xDFFF) {
+            return -1;
+        }
+        out[0] = (uint8_t)(0xE0 | (c >> 12));
+        out[1] = (uint8_t)(0x80 | ((c >> 6) & 0x3F));
+        out[2] = (uint8_t)(0x80 | (c & 0x3F));
+        return 3;
+    }
+    if (c > 0x10FFFF) {
+        return -1;
+    }
+    out[0] = (uint8_t)(0xF0 | (c >> 18));
+    out[1] = (uint8_t)(0x80 | ((c >> 12) & 0x3F));
+    out[2] = (uint8_t)(0x80 | ((c >> 6) & 0x3F));
+    out[3] = (uint8_t)(0x80 | (c & 0x3F));
+    return 4;
+}
+
+/* Encodes a str's code points (any kind) into scratch; returns the byte count or -1. */
+static Py_ssize_t encode_str(int kind, const void *data, Py_ssize_t length, scratch_buffer *scratch)
+{
+    if (scratch_reserve(scratch, 4 * (size_t)length + 1) < 0) {
+        return -2;
+    }
+    Py_ssize_t size = 0;
+    for (Py_ssize_t i = 0; i < length; i++) {
+        Py_ssize_t written = encode_code_point(PyUnicode_READ(kind, data, i), scratch->data + size);
+        if (written < 0) {
+            return -1;
+        }
+        size += written;
+    }
+    return size;
+}
+
+/* What went wrong in a GIL-free loop, reported once the GIL is back. */
+typedef enum { LOOP_OK = 0, LOOP_NOT_ENCODABLE, LOOP_NO_MEMORY } loop_status;
+
+typedef struct {
+    loop_status status;
+    Py_ssize_t index;
+} loop_result;
+
+/* Items are exact or subclassed str/bytes, checked (and made ready) with the GIL held. */
+static loop_result hash_items(PyObject *const *items, Py_ssize_t n, uint64_t seed, fh_fastmod64 fm, int64_t *out)
+{
+    scratch_buffer scratch = {NULL, 0};
+    loop_result result = {LOOP_OK, 0};
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = items[i];
+        const void *bytes;
+        Py_ssize_t size;
+        if (PyBytes_Check(item)) {
+            bytes = PyBytes_AS_STRING(item);
+            size = PyBytes_GET_SIZE(item);
+        } else if (PyUnicode_IS_ASCII(item)) {
+            bytes = PyUnicode_DATA(item); /* ASCII data is its own UTF-8 */
+            size = PyUnicode_GET_LENGTH(item);
+        } else {
+            size = encode_str(PyUnicode_KIND(item), PyUnicode_DATA(item), PyUnicode_GET_LENGTH(item), &scratch);
+            if (size < 0) {
+                result = (loop_result){size == -1 ? LOOP_NOT_ENCODABLE : LOOP_NO_MEMORY, i};
+                break;
+            }
+            bytes = scratch.data;
+        }
+        out[i] = (int64_t)fh_fastmod64_apply(xxh64(bytes, (size_t)size, seed), fm);
+    }
+    free(scratch.data);
+    return result;
+}
+
+/* Cells of a numpy str_ (UCS4) or bytes_ array. */
+typedef struct {
+    const char *base;
+    Py_ssize_t stride;
+    Py_ssize_t itemsize;
+    int is_ucs4;
+} fixed_width_cells;
+
+static loop_result hash_cells(const fixed_width_cells *cells, Py_ssize_t n, uint64_t seed, fh_fastmod64 fm,
+                              int64_t *out)
+{
+    scratch_buffer scratch = {NULL, 0};
+    loop_result result = {LOOP_OK, 0};
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *cell = cells->base + i * cells->stride;
+        Py_ssize_t size = cells->itemsize;
+        const void *bytes = cell;
+        if (cells->is_ucs4) {
+            Py_ssize_t length = size / 4;
+            Py_UCS4 c = 0;
+            while (length > 0 && (memcpy(&c, cell + 4 * (length - 1), 4), c == 0)) {
+                length--; /* numpy drops trailing NULs */
+            }
+            if (scratch_reserve(&scratch, 4 * (size_t)length + 1) < 0) {
+                result = (loop_result){LOOP_NO_MEMORY, i};
+                break;
+            }
+            size = 0;
+            for (Py_ssize_t k = 0; k < length; k++) {
+                memcpy(&c, cell + 4 * k, 4);
+                Py_ssize_t written = encode_code_point(c, scratch.data + size);
+                if (written < 0) {
+                    size = -1;
+                    break;
+                }
+                size += written;
+            }
+            if (size < 0) {
+                result = (loop_result){LOOP_NOT_ENCODABLE, i};
+                break;
+            }
+            bytes = scratch.data;
+        } else {
+            while (size > 0 && cell[size - 1] == '\0') {
+                size--;
+            }
+        }
+        out[i] = (int64_t)fh_fastmod64_apply(xxh64(bytes, (size_t)size, seed), fm);
+    }
+    free(scratch.data);
+    return result;
+}
+
+/* Sets the exception for a failed loop; `item` is the offending str (NULL for numpy cells). */
+static void raise_loop_error(loop_result result, PyObject *item, const fixed_width_cells *cells)
+{
+    if (result.status == LOOP_NO_MEMORY) {
+        PyErr_NoMemory();
+        return;
+    }
+    PyObject *text = item != NULL ? Py_NewRef(item)
+                                  : PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND,
+                                                              cells->base + result.index * cells->stride,
+                                                              cells->itemsize / 4);
+    if (text == NULL) {
+        return; /* e.g. a code point above U+10FFFF: PyUnicode_FromKindAndData raised ValueError */
+    }
+    PyObject *encoded = PyUnicode_AsUTF8String(text); /* raises the UnicodeEncodeError str.encode gives */
+    if (encoded != NULL) {
+        Py_DECREF(encoded);
+        PyErr_Format(PyExc_ValueError, "hash_strings(): values[%zd] cannot be encoded as UTF-8", result.index);
+    }
+    Py_DECREF(text);
+}
+
+static int check_items(PyObject *const *items, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = items[i];
+        if (PyUnicode_Check(item)) {
+#if PY_VERSION_HEX < 0x030C0000
+            if (PyUnicode_READY(item) < 0) { /* legacy strings exist until 3.12 */
+                return -1;
+            }
+#endif
+        } else if (!PyBytes_Check(item)) {
+            PyErr_Format(PyExc_TypeError, "hash_strings(): values[%zd] must be str or bytes, not %.200s", i,
+                         Py_TYPE(item)->tp_name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *hash_sequence(PyObject *values, uint64_t seed, fh_fastmod64 fm)
+{
+    PyObject *result = NULL;
+    DLManagedTensor *out = NULL;
+    PyObject *snapshot = PySequence_Tuple(values); /* private and immutable: items stay alive */
+    if (snapshot == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(snapshot);
+    PyObject *const *items = &PyTuple_GET_ITEM(snapshot, 0);
+    if (check_items(items, n) < 0) {
+        goto done;
+    }
+    int64_t shape = (int64_t)n;
+    out = ep_dl_alloc_int64(1, &shape, shape);
+    if (out == NULL) {
+        goto done;
+    }
+    loop_result loop;
+    Py_BEGIN_ALLOW_THREADS
+    loop = hash_items(items, n, seed, fm, (int64_t *)out->dl_tensor.data);
+    Py_END_ALLOW_THREADS
+    if (loop.status != LOOP_OK) {
+        raise_loop_error(loop, items[loop.index], NULL);
+        goto done;
+    }
+    result = ep_dl_capsule(out);
+    out = NULL;
+done:
+    if (out != NULL) {
+        out->deleter(out);
+    }
+    Py_DECREF(snapshot);
+    return result;
+}
+
+/* 1 for a fixed-width str_/bytes_ format ("10w", "<3s", ...), 0 for "O", -1 (TypeError set) otherwise. */
+static int parse_cell_format(const char *format, int *is_ucs4)
+{
+    const char *p = format != NULL ? format : "B";
+    if (*p == '<' || *p == '=' || *p == '@') {
+        p++; /* native order; every target of this module is little-endian */
+    }
+    if (strcmp(p, "O") == 0) {
+        return 0;
+    }
+    while (*p >= '0' && *p <= '9') {
+        p++;
+    }
+    if ((*p == 'w' || *p == 's') && p[1] == '\0') {
+        *is_ucs4 = *p == 'w';
+        return 1;
+    }
+    PyErr_Format(PyExc_TypeError, "hash_strings(): a numpy array of values must have dtype object, str_ or "
+                 "bytes_ in native byte order (buffer format %s)", format != NULL ? format : "B");
+    return -1;
+}
+
+static PyObject *hash_buffer(PyObject *values, uint64_t seed, fh_fastmod64 fm)
+{
+    PyObject *result = NULL;
+    DLManagedTensor *out = NULL;
+    Py_buffer view;
+    int is_ucs4 = 0;
+    if (PyObject_GetBuffer(values, &view, PyBUF_RECORDS_RO) < 0) {
+        return NULL;
+    }
+    if (view.ndim != 1) {
+        PyErr_Format(PyExc_ValueError, "hash_strings(): values must be 1-D, got %d dimensions", view.ndim);
+        goto done;
+    }
+    int kind = parse_cell_format(view.format, &is_ucs4);
+    if (kind <= 0) {
+        PyBuffer_Release(&view);
+        return kind == 0 ? hash_sequence(values, seed, fm) : NULL; /* object arrays hold str/bytes objects */
+    }
+    fixed_width_cells cells = {view.buf, view.strides != NULL ? view.strides[0] : view.itemsize, view.itemsize,
+                               is_ucs4};
+    int64_t n = (int64_t)view.shape[0];
+    out = ep_dl_alloc_int64(1, &n, n);
+    if (out == NULL) {
+        goto done;
+    }
+    loop_result loop;
+    Py_BEGIN_ALLOW_THREADS
+    loop = hash_cells(&cells, (Py_ssize_t)n, seed, fm, (int64_t *)out->dl_tensor.data);
+    Py_END_ALLOW_THREADS
+    if (loop.status != LOOP_OK) {
+        raise_loop_error(loop, NULL, &cells);
+        goto done;
+    }
+    result = ep_dl_capsule(out);
+    out = NULL;
+done:
+    if (out != NULL) {
+        out->deleter(out);
+    }
+    PyBuffer_Release(&view);
+    return result;
+}
+
+PyObject *ep_hash_strings(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"values", "num_buckets", "seed", NULL};
+    PyObject *values, *num_buckets_arg, *seed_arg = NULL;
+    uint64_t num_buckets, seed;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|O:hash_strings", keywords, &values, &num_buckets_arg,
+                                     &seed_arg) ||
+        ep_parse_num_buckets(num_buckets_arg, &num_buckets) < 0 || ep_parse_u64(seed_arg, "seed", &seed) < 0) {
+        return NULL;
+    }
+    fh_fastmod64 fm = fh_fastmod64_init(num_buckets);
+    if (PyUnicode_Check(values) || PyBytes_Check(values) || PyByteArray_Check(values)) {
+        PyErr_Format(PyExc_TypeError, "hash_strings(): values must be a list of strings, not a single %.200s; "
+                     "wrap it in a list", Py_TYPE(values)->tp_name);
+        return NULL;
+    }
+    if (PyList_Check(values) || PyTuple_Check(values)) {
+        return hash_sequence(values, seed, fm);
+    }
+    if (PyObject_CheckBuffer(values)) {
+        return hash_buffer(values, seed, fm);
+    }
+    if (PySequence_Check(values)) {
+        return hash_sequence(values, seed, fm);
+    }
+    PyErr_Format(PyExc_TypeError, "hash_strings(): values must be a list, tuple or 1-D numpy array of str/bytes, "
+                 "not %.200s", Py_TYPE(values)->tp_name);
+    return NULL;
+}
