@@ -3,7 +3,8 @@
  *
  * The module is split by job: example_module.c (module definition and the
  * small functions), arguments.c (parsing num_buckets, seed, stream),
- * dlpack_io.c (consuming and producing DLPack tensors), hash_strings.c,
+ * dlpack_io.c (consuming and producing DLPack tensors), parallel.c (a
+ * parallel for on POSIX threads), hash_strings.c,
  * hash_ids.c, and hash_ids_cuda.cu (compiled only when CUDA is available,
  * which defines EP_WITH_CUDA for the C files).
  *
@@ -78,6 +79,14 @@ EP_INTERNAL int ep_dl_is_cuda(int32_t device_type);
 EP_INTERNAL DLManagedTensor *ep_dl_alloc_int64(int32_t ndim, const int64_t *shape, int64_t numel);
 /* Wraps m in a "dltensor" capsule; steals m (deleting it on failure). */
 EP_INTERNAL PyObject *ep_dl_capsule(DLManagedTensor *m);
+
+/* ---- parallel.c ---- */
+
+typedef void (*ep_range_function)(void *context, int64_t begin, int64_t end);
+/* Calls function(context, begin, end) over [0, n) split in up to `threads` ranges of at least
+ * min_per_thread items, on that many threads (the caller's included). Call without the GIL. */
+EP_INTERNAL void ep_parallel_for(int64_t n, int64_t min_per_thread, int threads, ep_range_function function,
+                                 void *context);
 
 /* ---- hash_strings.c, hash_ids.c ---- */
 

@@ -14,13 +14,13 @@
 #include "xxhash64.h"
 
 EP_INTERNAL const char ep_hash_ids_doc[] =
-    "hash_ids(ids, num_buckets, seed=0) -> DLPack capsule\n\n"
+    "hash_ids(ids, num_buckets, seed=0, threads=1) -> DLPack capsule\n\n"
     "ids: an int64 CPU tensor or array (anything with __dlpack__, or a DLPack capsule), any shape and strides.\n"
     "Returns a new contiguous int64 CPU tensor of the same shape (as a \"dltensor\" capsule):\n"
     "result = xxh64(le_bytes(ids), seed) % num_buckets.";
 
 EP_INTERNAL const char ep_hash_ids_into_doc[] =
-    "hash_ids_into(src, dst, num_buckets, seed=0, stream=0) -> None\n\n"
+    "hash_ids_into(src, dst, num_buckets, seed=0, stream=0, threads=1) -> None\n\n"
     "Writes xxh64(le_bytes(src), seed) % num_buckets into dst: a writable, contiguous int64 tensor with\n"
     "src's number of elements, on src's device. On the CPU src may have any strides; on CUDA it must be\n"
     "contiguous, and the kernel is queued on `stream` (a cudaStream_t as an int; 0 is the default stream).";
@@ -78,9 +78,30 @@ static void hash_strided(const int64_t *base, int32_t ndim, const int64_t *shape
     }
 }
 
+typedef struct {
+    const int64_t *in;
+    int64_t *out;
+    fh_fastmod64 fm;
+    uint64_t seed;
+} contiguous_job;
+
+static void hash_contiguous_range(void *context, int64_t begin, int64_t end)
+{
+    const contiguous_job *job = context;
+    if ((const void *)job->in == (const void *)job->out) {
+        hash_in_place(job->out + begin, end - begin, job->fm, job->seed);
+    } else {
+        hash_contiguous(job->in + begin, job->out + begin, end - begin, job->fm, job->seed);
+    }
+}
+
+/* Below this many ids per thread, starting a thread costs more than it saves. */
+#define IDS_PER_THREAD 262144
+
 /* Hashes src (any layout) into the contiguous out[numel], which is src itself or does not overlap it;
  * -1 with an exception set on failure. */
-static int hash_on_cpu(const DLTensor *src, int64_t numel, int64_t *out, uint64_t num_buckets, uint64_t seed)
+static int hash_on_cpu(const DLTensor *src, int64_t numel, int64_t *out, uint64_t num_buckets, uint64_t seed,
+                       int threads)
 {
     const int64_t *in = fh_dl_data_ptr(src);
     const fh_fastmod64 fm = fh_fastmod64_init(num_buckets);
@@ -89,12 +110,9 @@ static int hash_on_cpu(const DLTensor *src, int64_t numel, int64_t *out, uint64_
         return 0;
     }
     if (fh_dl_is_contiguous(src)) {
+        contiguous_job job = {in, out, fm, seed};
         PyThreadState *state = release_gil ? PyEval_SaveThread() : NULL;
-        if ((const void *)in == (const void *)out) {
-            hash_in_place(out, numel, fm, seed);
-        } else {
-            hash_contiguous(in, out, numel, fm, seed);
-        }
+        ep_parallel_for(numel, IDS_PER_THREAD, threads, hash_contiguous_range, &job);
         if (state != NULL) {
             PyEval_RestoreThread(state);
         }
@@ -124,14 +142,16 @@ static int parse_common(PyObject *num_buckets_arg, PyObject *seed_arg, uint64_t 
 
 PyObject *ep_hash_ids(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"ids", "num_buckets", "seed", NULL};
+    static char *keywords[] = {"ids", "num_buckets", "seed", "threads", NULL};
     PyObject *ids, *num_buckets_arg, *seed_arg = NULL, *result = NULL;
+    int threads = 1;
     DLManagedTensor *out = NULL;
     fh_dl_view src = {0};
     uint64_t num_buckets, seed;
     int64_t numel;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|O:hash_ids", keywords, &ids, &num_buckets_arg, &seed_arg) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|Oi:hash_ids", keywords, &ids, &num_buckets_arg, &seed_arg,
+                                     &threads) ||
         parse_common(num_buckets_arg, seed_arg, &num_buckets, &seed) < 0) {
         return NULL;
     }
@@ -151,7 +171,7 @@ PyObject *ep_hash_ids(PyObject *self, PyObject *args, PyObject *kwargs)
         goto done;
     }
     out = ep_dl_alloc_int64(src.t->ndim, src.t->shape, numel);
-    if (out == NULL || hash_on_cpu(src.t, numel, out->dl_tensor.data, num_buckets, seed) < 0) {
+    if (out == NULL || hash_on_cpu(src.t, numel, out->dl_tensor.data, num_buckets, seed, threads) < 0) {
         goto done;
     }
     result = ep_dl_capsule(out);
@@ -228,15 +248,16 @@ static PyObject *dlpack_stream_argument(PyObject *obj, uint64_t stream)
 
 PyObject *ep_hash_ids_into(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"src", "dst", "num_buckets", "seed", "stream", NULL};
+    static char *keywords[] = {"src", "dst", "num_buckets", "seed", "stream", "threads", NULL};
+    int threads = 1;
     PyObject *src_obj, *dst_obj, *num_buckets_arg, *seed_arg = NULL, *stream_arg = NULL, *result = NULL;
     PyObject *src_stream = NULL, *dst_stream = NULL;
     fh_dl_view src = {0}, dst = {0};
     uint64_t num_buckets, seed, stream = 0;
     int64_t numel, dst_numel;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OO:hash_ids_into", keywords, &src_obj, &dst_obj,
-                                     &num_buckets_arg, &seed_arg, &stream_arg) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOi:hash_ids_into", keywords, &src_obj, &dst_obj,
+                                     &num_buckets_arg, &seed_arg, &stream_arg, &threads) ||
         parse_common(num_buckets_arg, seed_arg, &num_buckets, &seed) < 0 ||
         (stream_arg != Py_None && ep_parse_u64(stream_arg, "stream", &stream) < 0)) {
         return NULL;
@@ -252,7 +273,7 @@ PyObject *ep_hash_ids_into(PyObject *self, PyObject *args, PyObject *kwargs)
     }
     DLDevice sd = src.t->device, dd = dst.t->device;
     if (ep_dl_is_cpu(sd.device_type) && ep_dl_is_cpu(dd.device_type)) {
-        if (hash_on_cpu(src.t, numel, fh_dl_data_ptr(dst.t), num_buckets, seed) < 0) {
+        if (hash_on_cpu(src.t, numel, fh_dl_data_ptr(dst.t), num_buckets, seed, threads) < 0) {
             goto done;
         }
     } else if (sd.device_type != dd.device_type || sd.device_id != dd.device_id) {

@@ -17,13 +17,14 @@
  */
 #include "example_module.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "xxhash64.h"
 
 EP_INTERNAL const char ep_hash_strings_doc[] =
-    "hash_strings(values, num_buckets, seed=0) -> DLPack capsule\n\n"
+    "hash_strings(values, num_buckets, seed=0, threads=1) -> DLPack capsule\n\n"
     "values: list/tuple of str or bytes, or a 1-D numpy array of dtype object, str_ or bytes_.\n"
     "Returns a 1-D int64 CPU tensor (as a \"dltensor\" capsule) with\n"
     "result[i] = xxh64(utf8(values[i]), seed) % num_buckets.";
@@ -79,11 +80,30 @@ static Py_ssize_t encode_code_point(Py_UCS4 c, uint8_t *out)
     return 4;
 }
 
-/* Encodes a str's code points (any kind) into scratch; returns the byte count or -1. */
+/* Latin-1 (1-byte kind) text: each code point is 1 or 2 UTF-8 bytes and never a surrogate. */
+static Py_ssize_t encode_latin1(const uint8_t *text, Py_ssize_t length, uint8_t *out)
+{
+    uint8_t *p = out;
+    for (Py_ssize_t i = 0; i < length; i++) {
+        uint8_t c = text[i];
+        if (c < 0x80) {
+            *p++ = c;
+        } else {
+            *p++ = (uint8_t)(0xC0 | (c >> 6));
+            *p++ = (uint8_t)(0x80 | (c & 0x3F));
+        }
+    }
+    return p - out;
+}
+
+/* Encodes a str's code points (any kind) into scratch; the byte count, -1 at a surrogate, -2 without memory. */
 static Py_ssize_t encode_str(int kind, const void *data, Py_ssize_t length, scratch_buffer *scratch)
 {
     if (scratch_reserve(scratch, 4 * (size_t)length + 1) < 0) {
         return -2;
+    }
+    if (kind == PyUnicode_1BYTE_KIND) {
+        return encode_latin1(data, length, scratch->data);
     }
     Py_ssize_t size = 0;
     for (Py_ssize_t i = 0; i < length; i++) {
@@ -97,14 +117,15 @@ static Py_ssize_t encode_str(int kind, const void *data, Py_ssize_t length, scra
 }
 
 /* What went wrong in a GIL-free loop, reported once the GIL is back. */
-typedef enum { LOOP_OK = 0, LOOP_NOT_ENCODABLE, LOOP_NO_MEMORY } loop_status;
+typedef enum { LOOP_OK = 0, LOOP_NOT_ENCODABLE, LOOP_NO_MEMORY, LOOP_NOT_A_STRING, LOOP_NOT_READY } loop_status;
 
 typedef struct {
     loop_status status;
     Py_ssize_t index;
 } loop_result;
 
-/* Items are exact or subclassed str/bytes, checked (and made ready) with the GIL held. */
+/* Types are checked here, without the GIL (reading the type of an object we hold a reference to is
+ * safe): one pass over the objects instead of two, and the objects are the memory traffic. */
 static loop_result hash_items(PyObject *const *items, Py_ssize_t n, uint64_t seed, fh_fastmod64 fm, int64_t *out)
 {
     scratch_buffer scratch = {NULL, 0};
@@ -116,6 +137,14 @@ static loop_result hash_items(PyObject *const *items, Py_ssize_t n, uint64_t see
         if (PyBytes_Check(item)) {
             bytes = PyBytes_AS_STRING(item);
             size = PyBytes_GET_SIZE(item);
+        } else if (!PyUnicode_Check(item)) {
+            result = (loop_result){LOOP_NOT_A_STRING, i};
+            break;
+#if PY_VERSION_HEX < 0x030C0000
+        } else if (!PyUnicode_IS_READY(item)) { /* legacy strings exist until 3.12; readying needs the GIL */
+            result = (loop_result){LOOP_NOT_READY, i};
+            break;
+#endif
         } else if (PyUnicode_IS_ASCII(item)) {
             bytes = PyUnicode_DATA(item); /* ASCII data is its own UTF-8 */
             size = PyUnicode_GET_LENGTH(item);
@@ -133,8 +162,43 @@ static loop_result hash_items(PyObject *const *items, Py_ssize_t n, uint64_t see
     return result;
 }
 
-/* Cells of a numpy str_ (UCS4) or bytes_ array. */
+/* Below this many strings per thread, starting a thread costs more than it saves. */
+#define STRINGS_PER_THREAD 32768
+
+/* One call's work, shared by the threads of ep_parallel_for; each range reports its first failure. */
 typedef struct {
+    PyObject *const *items;          /* a sequence's items, or */
+    const struct fixed_width_cells_ *cells; /* a numpy array's cells */
+    uint64_t seed;
+    fh_fastmod64 fm;
+    int64_t *out;
+    pthread_mutex_t lock; /* guards first_failure */
+    loop_result first_failure;
+} strings_job;
+
+static void record_failure(strings_job *job, loop_result failure)
+{
+    if (failure.status == LOOP_OK) {
+        return;
+    }
+    pthread_mutex_lock(&job->lock);
+    if (job->first_failure.status == LOOP_OK || failure.index < job->first_failure.index) {
+        job->first_failure = failure;
+    }
+    pthread_mutex_unlock(&job->lock);
+}
+
+static void hash_items_range(void *context, int64_t begin, int64_t end)
+{
+    strings_job *job = context;
+    loop_result failure = hash_items(job->items + begin, (Py_ssize_t)(end - begin), job->seed, job->fm,
+                                     job->out + begin);
+    failure.index += (Py_ssize_t)begin;
+    record_failure(job, failure);
+}
+
+/* Cells of a numpy str_ (UCS4) or bytes_ array. */
+typedef struct fixed_width_cells_ {
     const char *base;
     Py_ssize_t stride;
     Py_ssize_t itemsize;
@@ -186,11 +250,38 @@ static loop_result hash_cells(const fixed_width_cells *cells, Py_ssize_t n, uint
     return result;
 }
 
+static void hash_cells_range(void *context, int64_t begin, int64_t end)
+{
+    strings_job *job = context;
+    fixed_width_cells cells = *job->cells;
+    cells.base += begin * cells.stride;
+    loop_result failure = hash_cells(&cells, (Py_ssize_t)(end - begin), job->seed, job->fm, job->out + begin);
+    failure.index += (Py_ssize_t)begin;
+    record_failure(job, failure);
+}
+
+/* Runs a job's ranges without the GIL; returns its first failure. */
+static loop_result run_job(strings_job *job, ep_range_function function, int64_t n, int threads)
+{
+    job->first_failure = (loop_result){LOOP_OK, 0};
+    pthread_mutex_init(&job->lock, NULL);
+    Py_BEGIN_ALLOW_THREADS
+    ep_parallel_for(n, STRINGS_PER_THREAD, threads, function, job);
+    Py_END_ALLOW_THREADS
+    pthread_mutex_destroy(&job->lock);
+    return job->first_failure;
+}
+
 /* Sets the exception for a failed loop; `item` is the offending str (NULL for numpy cells). */
 static void raise_loop_error(loop_result result, PyObject *item, const fixed_width_cells *cells)
 {
     if (result.status == LOOP_NO_MEMORY) {
         PyErr_NoMemory();
+        return;
+    }
+    if (result.status == LOOP_NOT_A_STRING) {
+        PyErr_Format(PyExc_TypeError, "hash_strings(): values[%zd] must be str or bytes, not %.200s", result.index,
+                     Py_TYPE(item)->tp_name);
         return;
     }
     PyObject *text = item != NULL ? Py_NewRef(item)
@@ -208,26 +299,7 @@ static void raise_loop_error(loop_result result, PyObject *item, const fixed_wid
     Py_DECREF(text);
 }
 
-static int check_items(PyObject *const *items, Py_ssize_t n)
-{
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = items[i];
-        if (PyUnicode_Check(item)) {
-#if PY_VERSION_HEX < 0x030C0000
-            if (PyUnicode_READY(item) < 0) { /* legacy strings exist until 3.12 */
-                return -1;
-            }
-#endif
-        } else if (!PyBytes_Check(item)) {
-            PyErr_Format(PyExc_TypeError, "hash_strings(): values[%zd] must be str or bytes, not %.200s", i,
-                         Py_TYPE(item)->tp_name);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-static PyObject *hash_sequence(PyObject *values, uint64_t seed, fh_fastmod64 fm)
+static PyObject *hash_sequence(PyObject *values, uint64_t seed, fh_fastmod64 fm, int threads)
 {
     PyObject *result = NULL;
     DLManagedTensor *out = NULL;
@@ -237,18 +309,23 @@ static PyObject *hash_sequence(PyObject *values, uint64_t seed, fh_fastmod64 fm)
     }
     Py_ssize_t n = PyTuple_GET_SIZE(snapshot);
     PyObject *const *items = &PyTuple_GET_ITEM(snapshot, 0);
-    if (check_items(items, n) < 0) {
-        goto done;
-    }
     int64_t shape = (int64_t)n;
     out = ep_dl_alloc_int64(1, &shape, shape);
     if (out == NULL) {
         goto done;
     }
-    loop_result loop;
-    Py_BEGIN_ALLOW_THREADS
-    loop = hash_items(items, n, seed, fm, (int64_t *)out->dl_tensor.data);
-    Py_END_ALLOW_THREADS
+    strings_job job = {.items = items, .seed = seed, .fm = fm, .out = out->dl_tensor.data};
+    loop_result loop = run_job(&job, hash_items_range, n, threads);
+#if PY_VERSION_HEX < 0x030C0000
+    if (loop.status == LOOP_NOT_READY) { /* legacy strings (gone in 3.12): ready them all, then go again */
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (PyUnicode_Check(items[i]) && PyUnicode_READY(items[i]) < 0) {
+                goto done;
+            }
+        }
+        loop = run_job(&job, hash_items_range, n, threads);
+    }
+#endif
     if (loop.status != LOOP_OK) {
         raise_loop_error(loop, items[loop.index], NULL);
         goto done;
@@ -285,7 +362,7 @@ static int parse_cell_format(const char *format, int *is_ucs4)
     return -1;
 }
 
-static PyObject *hash_buffer(PyObject *values, uint64_t seed, fh_fastmod64 fm)
+static PyObject *hash_buffer(PyObject *values, uint64_t seed, fh_fastmod64 fm, int threads)
 {
     PyObject *result = NULL;
     DLManagedTensor *out = NULL;
@@ -301,7 +378,7 @@ static PyObject *hash_buffer(PyObject *values, uint64_t seed, fh_fastmod64 fm)
     int kind = parse_cell_format(view.format, &is_ucs4);
     if (kind <= 0) {
         PyBuffer_Release(&view);
-        return kind == 0 ? hash_sequence(values, seed, fm) : NULL; /* object arrays hold str/bytes objects */
+        return kind == 0 ? hash_sequence(values, seed, fm, threads) : NULL; /* object arrays hold str/bytes objects */
     }
     fixed_width_cells cells = {view.buf, view.strides != NULL ? view.strides[0] : view.itemsize, view.itemsize,
                                is_ucs4};
@@ -310,10 +387,8 @@ static PyObject *hash_buffer(PyObject *values, uint64_t seed, fh_fastmod64 fm)
     if (out == NULL) {
         goto done;
     }
-    loop_result loop;
-    Py_BEGIN_ALLOW_THREADS
-    loop = hash_cells(&cells, (Py_ssize_t)n, seed, fm, (int64_t *)out->dl_tensor.data);
-    Py_END_ALLOW_THREADS
+    strings_job job = {.cells = &cells, .seed = seed, .fm = fm, .out = out->dl_tensor.data};
+    loop_result loop = run_job(&job, hash_cells_range, n, threads);
     if (loop.status != LOOP_OK) {
         raise_loop_error(loop, NULL, &cells);
         goto done;
@@ -330,12 +405,13 @@ done:
 
 PyObject *ep_hash_strings(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"values", "num_buckets", "seed", NULL};
+    static char *keywords[] = {"values", "num_buckets", "seed", "threads", NULL};
     PyObject *values, *num_buckets_arg, *seed_arg = NULL;
+    int threads = 1;
     uint64_t num_buckets, seed;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|O:hash_strings", keywords, &values, &num_buckets_arg,
-                                     &seed_arg) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|Oi:hash_strings", keywords, &values, &num_buckets_arg,
+                                     &seed_arg, &threads) ||
         ep_parse_num_buckets(num_buckets_arg, &num_buckets) < 0 || ep_parse_u64(seed_arg, "seed", &seed) < 0) {
         return NULL;
     }
@@ -346,13 +422,13 @@ PyObject *ep_hash_strings(PyObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     if (PyList_Check(values) || PyTuple_Check(values)) {
-        return hash_sequence(values, seed, fm);
+        return hash_sequence(values, seed, fm, threads);
     }
     if (PyObject_CheckBuffer(values)) {
-        return hash_buffer(values, seed, fm);
+        return hash_buffer(values, seed, fm, threads);
     }
     if (PySequence_Check(values)) {
-        return hash_sequence(values, seed, fm);
+        return hash_sequence(values, seed, fm, threads);
     }
     PyErr_Format(PyExc_TypeError, "hash_strings(): values must be a list, tuple or 1-D numpy array of str/bytes, "
                  "not %.200s", Py_TYPE(values)->tp_name);

@@ -44,9 +44,9 @@ def hash_strings(values: Any, num_buckets: int, seed: int = 0) -> torch.Tensor:
     """xxh64(UTF-8 bytes of each value, seed) % num_buckets, as a 1-D int64 CPU tensor.
 
     ``values``: a list or tuple of str/bytes, or a 1-D numpy array of dtype
-    object, str_ or bytes_. Hashing runs without the GIL.
+    object, str_ or bytes_. Hashing runs without the GIL, on torch.get_num_threads() threads.
     """
-    return torch.from_dlpack(_extension.hash_strings(values, num_buckets, seed))
+    return torch.from_dlpack(_extension.hash_strings(values, num_buckets, seed, torch.get_num_threads()))
 
 
 def hash_ids(ids: Any, num_buckets: int, seed: int = 0) -> Any:
@@ -65,7 +65,8 @@ def hash_ids(ids: Any, num_buckets: int, seed: int = 0) -> Any:
         return torch.ops.example_package.hash_ids(ids, num_buckets, signed_seed)
     numpy = sys.modules.get("numpy")  # never imported here: only arrays the caller made can reach this
     if numpy is not None and isinstance(ids, numpy.ndarray):
-        return numpy.from_dlpack(_CapsuleHolder(_extension.hash_ids(ids, num_buckets, seed)))
+        capsule = _extension.hash_ids(ids, num_buckets, seed, torch.get_num_threads())
+        return numpy.from_dlpack(_CapsuleHolder(capsule))
     raise TypeError(f"hash_ids(): ids must be an int64 torch.Tensor or numpy.ndarray, not {type(ids).__name__}")
 
 
@@ -85,7 +86,7 @@ def _hash_ids_kernel(ids: torch.Tensor, num_buckets: int, seed: int) -> torch.Te
                                f"{_no_cuda_reason}. Move the ids to the CPU, or fix that and re-import.")
         ids = ids.contiguous()
         stream = torch.cuda.current_stream(ids.device).cuda_stream
-    _extension.hash_ids_into(ids, result, num_buckets, seed % _U64, stream)
+    _extension.hash_ids_into(ids, result, num_buckets, seed % _U64, stream, torch.get_num_threads())
     return result
 
 

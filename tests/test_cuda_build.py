@@ -90,3 +90,16 @@ def test_cuda_home_is_a_real_toolkit() -> None:
     assert home is not None
     assert Path(home, "bin", "nvcc").exists()
     assert any(Path(home, lib, "libcudart.so").exists() for lib in ("lib64", "lib"))
+
+
+def test_example_package_builds_its_cuda_kernel(tmp_path: Path) -> None:
+    """With a CUDA torch and nvcc the package compiles hash_ids_cuda.cu; nothing runs it without a GPU."""
+    from tests.conftest import last_json, run_python
+
+    result = run_python("""
+        import json, torch, example_package as ep
+        print(json.dumps([ep.NO_CUDA_REASON, ep._extension.has_cuda(), ep.hash_ids(torch.arange(4), 10).tolist()]))
+        """, env={"CACHED_CPP_EXTENSION_BUILD_DIR": str(tmp_path / "cache")}, cwd=tmp_path)
+    reason, has_cuda, cpu_result = last_json(result.stdout)  # type: ignore[misc]
+    assert reason is None and has_cuda is True
+    assert len(cpu_result) == 4

@@ -1,41 +1,46 @@
-"""pytest for csrc/feature_hashing.c (built by hand into fh_test.so)."""
+"""example_package's C extension: XXH64 against the xxhash package, DLPack in and out, errors, leaks.
+
+The extension is built once per module (its own cache root) by importing
+example_package, exactly as users get it; ``m`` is the raw C module.
+"""
+
+from __future__ import annotations
+
 import ctypes
 import gc
-import importlib.machinery
-import importlib.util
+import importlib
 import os
 import random
 import struct
 import subprocess
 import sys
-import sysconfig
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import xxhash
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-CSRC = os.path.join(HERE, "csrc")
-SO = os.path.join(HERE, "fh_test.so")
-GCC = ["gcc", "-std=gnu17", "-O3", "-march=native", "-Wall", "-Wextra", "-Werror",
-       "-fno-strict-aliasing", "-fPIC"]
+from tests.conftest import REPO
+
+CSRC = str(REPO / "csrc")
+GCC = ["gcc", "-std=gnu17", "-O3", "-march=native", "-Wall", "-Wextra", "-Werror", "-fno-strict-aliasing"]
+
+ep: Any = None
+m: Any = None
 
 
-def _build():
-    srcs = [os.path.join(CSRC, f) for f in ("feature_hashing.c", "xxhash64.h", "dlpack_c.h")]
-    if not os.path.exists(SO) or os.path.getmtime(SO) < max(map(os.path.getmtime, srcs)):
-        subprocess.check_call(GCC + ["-shared", "-DTORCH_EXTENSION_NAME=fh_test",
-                                     "-I" + sysconfig.get_paths()["include"], srcs[0], "-o", SO])
-    loader = importlib.machinery.ExtensionFileLoader("fh_test", SO)
-    spec = importlib.util.spec_from_file_location("fh_test", SO, loader=loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
+@pytest.fixture(scope="module", autouse=True)
+def _built_package(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    global ep, m
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CACHED_CPP_EXTENSION_BUILD_DIR", str(tmp_path_factory.mktemp("example-package-cache")))
+        ep = importlib.import_module("example_package")
+        m = ep._extension
+        yield
 
-
-m = _build()
 
 U63 = 2**63 - 1
 U64 = 2**64 - 1
@@ -83,9 +88,9 @@ def test_static():
         m.Add42ToInteger("x")
 
 
-def test_module_name_and_flags():
-    assert m.__name__ == "fh_test"
-    assert m.has_cuda() is False
+def test_module_name_and_cuda_flag():
+    assert m.__name__ == "example_package_ext"
+    assert m.has_cuda() is (ep.NO_CUDA_REASON is None)
 
 
 # --------------------------------------------------------------------------- strings
@@ -156,7 +161,7 @@ def test_result_is_independent_of_later_mutation():
 
 
 def test_concurrent_mutation_does_not_crash():
-    vals = ["s%d" % i for i in range(20000)]
+    vals = [f"s{i}" for i in range(20000)]
     stop = threading.Event()
 
     def mutate():
@@ -359,7 +364,7 @@ def test_into_errors():
         m.hash_ids_into(x, torch.empty(3, 4, dtype=torch.int64).t(), 10)
     ro = np.empty(12, dtype=np.int64)
     ro.flags.writeable = False
-    with pytest.raises((ValueError, BufferError), match="read-only|readonly"):
+    with pytest.raises((ValueError, BufferError), match=r"read-only|readonly"):
         m.hash_ids_into(x, ro, 10)
     with pytest.raises(TypeError, match="int64"):
         m.hash_ids_into(x, torch.empty(12, dtype=torch.int32), 10)
@@ -452,7 +457,7 @@ class FakeCuda:
 @pytest.mark.parametrize("versioned", [True, False])
 def test_cuda_without_kernel(versioned):
     src, dst = FakeCuda(versioned), FakeCuda(versioned)
-    with pytest.raises(RuntimeError, match="no CUDA kernel because"):
+    with pytest.raises(RuntimeError, match="has no CUDA kernel"):
         m.hash_ids_into(src, dst, 10, 0, 7)
     assert src.deleted == 1 and dst.deleted == 1
     assert src.kwargs.get("stream") == 7
@@ -523,7 +528,7 @@ int main(void) {
 }
 ''')
     exe = tmp_path / "fm"
-    subprocess.check_call(GCC[:-1] + ["-I" + CSRC, str(src), "-o", str(exe)])
+    subprocess.check_call([*GCC, "-I" + CSRC, str(src), "-o", str(exe)])
     out = subprocess.run([str(exe)], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "OK", out.stdout
 
@@ -547,7 +552,7 @@ int main(void) {
 }
 ''')
     exe = tmp_path / "u"
-    subprocess.check_call(GCC[:-1] + ["-I" + CSRC, str(src), "-o", str(exe)])
+    subprocess.check_call([*GCC, "-I" + CSRC, str(src), "-o", str(exe)])
     assert subprocess.run([str(exe)], capture_output=True, text=True).stdout.strip() == "OK"
 
 
@@ -563,7 +568,7 @@ def test_no_rss_growth():
     xt = x.reshape(20, 50).t()
     npx = np.arange(1000, dtype=np.int64)[::-2]
     dst = torch.empty(1000, dtype=torch.int64)
-    vals = ["abc%d" % i for i in range(100)] + [b"xyz", "\u00e9\U0001F600"]
+    vals = [f"abc{i}" for i in range(100)] + [b"xyz", "\u00e9\U0001F600"]
     bad_vals = ["ok", "fine", 3]
 
     def one_round(i):
@@ -599,3 +604,178 @@ def test_no_rss_growth():
     grown = _rss_bytes() - before
     # per round we allocate ~30 KB of buffers; a leak of even one would be > 500 MB
     assert grown < 8 * 1024 * 1024, f"RSS grew by {grown / 1e6:.1f} MB"
+
+
+# --------------------------------------------------------------------------- the package's Python API
+
+def test_api_returns_the_kind_it_was_given() -> None:
+    strings = ep.hash_strings(["a", b"b"], 1000)
+    assert isinstance(strings, torch.Tensor) and strings.dtype == torch.int64 and strings.device.type == "cpu"
+    ids = torch.arange(-5, 7).reshape(3, 4)
+    as_tensor = ep.hash_ids(ids, 1000, 2**64 - 1)
+    assert isinstance(as_tensor, torch.Tensor) and as_tensor.shape == ids.shape
+    assert np.array_equal(as_tensor.numpy(), ref_ids(ids.numpy(), 1000, 2**64 - 1))
+    as_array = ep.hash_ids(ids.numpy(), 1000, 2**64 - 1)
+    assert isinstance(as_array, np.ndarray) and as_array.dtype == np.int64
+    assert np.array_equal(as_array, as_tensor.numpy())
+
+
+@pytest.mark.parametrize(("call", "error", "match"), [
+    (lambda: ep.hash_ids(torch.arange(3, dtype=torch.int32), 10), TypeError, "int64"),
+    (lambda: ep.hash_ids([1, 2], 10), TypeError, "torch.Tensor or numpy.ndarray"),
+    (lambda: ep.hash_ids(torch.arange(3), True), TypeError, "num_buckets"),
+    (lambda: ep.hash_ids(torch.arange(3), 0), ValueError, "num_buckets"),
+    (lambda: ep.hash_ids(torch.arange(3), 2**63), ValueError, "num_buckets"),
+    (lambda: ep.hash_ids(torch.arange(3), 10, -1), ValueError, "seed"),
+    (lambda: ep.hash_ids(torch.arange(3), 10, 2**64), ValueError, "seed"),
+    (lambda: ep.hash_ids(torch.arange(3), 10, None), TypeError, "seed"),
+])
+def test_api_rejects_bad_arguments(call: Any, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        call()
+
+
+def _capsule_data_pointer(capsule: Any) -> int:
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype = ctypes.c_void_p
+    get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    managed = ctypes.cast(get_pointer(capsule, b"dltensor"), ctypes.POINTER(_DLManagedTensor))
+    return int(managed.contents.dl_tensor.data)
+
+
+@pytest.mark.parametrize("consumer", ["torch", "numpy"])
+def test_results_are_wrapped_without_a_copy(consumer: str) -> None:
+    for capsule in (m.hash_strings(["a", "b", "c"], 10), m.hash_ids(torch.arange(5), 10)):
+        address = _capsule_data_pointer(capsule)
+        if consumer == "torch":
+            assert torch.from_dlpack(capsule).data_ptr() == address
+        else:
+            from example_package._hashing import _CapsuleHolder
+
+            assert np.from_dlpack(_CapsuleHolder(capsule)).ctypes.data == address
+
+
+def test_numpy_string_arrays_hash_like_their_python_values() -> None:
+    texts = ["", "a", "h\u00e9llo", "\U0001F600 emoji", "a\x00b", "x" * 40]
+    unicode_array = np.array(texts)  # dtype <U..., trailing NULs dropped like numpy does
+    assert ep.hash_strings(unicode_array, 2**63 - 1, 5).tolist() == [ref_str(str(t), 2**63 - 1, 5)
+                                                                      for t in unicode_array]
+    raw = [b"", b"abc", b"a\x00b", b"\xff\xfe"]
+    bytes_array = np.array(raw)
+    assert ep.hash_strings(bytes_array, 1000).tolist() == [ref_str(bytes(b), 1000) for b in bytes_array]
+    assert ep.hash_strings(unicode_array[::-2], 1000).tolist() == [ref_str(str(t), 1000) for t in unicode_array[::-2]]
+    assert ep.hash_strings(np.array(texts, dtype=object), 1000).tolist() == [ref_str(t, 1000) for t in texts]
+
+
+@pytest.mark.parametrize(("values", "error", "match"), [
+    (np.array([["a"], ["b"]]), ValueError, "1-D"),
+    (np.arange(3), TypeError, "dtype object, str_ or bytes_"),
+    (np.array(["a", "b"]).astype(">U1"), TypeError, "native byte order"),
+    (np.array(["ok", "\udcff"]), UnicodeEncodeError, "surrogates"),
+])
+def test_numpy_string_arrays_rejected_clearly(values: Any, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        ep.hash_strings(values, 10)
+
+
+def test_str_utf8_cache_is_not_filled() -> None:
+    """PyUnicode_AsUTF8 would attach a UTF-8 copy to every non-ASCII str for the rest of its life."""
+    values = [f"h\u00e9llo w\u00f6rld {i}" for i in range(100)]
+    sizes = [sys.getsizeof(v) for v in values]
+    ep.hash_strings(values, 1000)
+    assert [sys.getsizeof(v) for v in values] == sizes
+
+
+@pytest.mark.parametrize("function", ["hash_ids", "hash_strings"])
+def test_loops_release_the_gil(function: str) -> None:
+    if function == "hash_ids":
+        data: Any = torch.randint(-(2**62), 2**62, (30_000_000,))
+    else:
+        data = [f"value number {i} \u00e9" for i in range(2_000_000)]
+    ticks = 0
+    done = threading.Event()
+
+    def count() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+
+    # A long switch interval: a thread that holds the GIL through the whole call keeps the counter
+    # from running at all; a call that releases it lets the counter run meanwhile.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)
+    counter = threading.Thread(target=count)
+    try:
+        counter.start()
+        before = ticks
+        getattr(m, function)(data, 1_000_003)
+        during = ticks - before
+    finally:
+        done.set()
+        counter.join()
+        sys.setswitchinterval(interval)
+    assert during > 1000, during
+
+
+def test_custom_op_compiles_without_graph_breaks() -> None:
+    def features(ids: torch.Tensor) -> torch.Tensor:
+        return ep.hash_ids(ids * 3 + 1, 1 << 20, 7) % 1000
+
+    compiled = torch.compile(features, fullgraph=True, backend="aot_eager")
+    ids = torch.arange(-50, 50).reshape(10, 10)
+    assert torch.equal(compiled(ids), features(ids))
+    meta = torch.ops.example_package.hash_ids(torch.empty(3, 4, dtype=torch.int64, device="meta"), 10, 0)
+    assert meta.shape == (3, 4) and meta.device.type == "meta"
+
+
+@pytest.mark.slow
+def test_custom_op_under_inductor() -> None:
+    def features(ids: torch.Tensor) -> torch.Tensor:
+        return ep.hash_ids(ids + 1, 1000, 2**64 - 1) + 1
+
+    compiled = torch.compile(features, fullgraph=True)
+    ids = torch.arange(100).reshape(4, 25)
+    assert torch.equal(compiled(ids), features(ids))
+
+
+# --------------------------------------------------------------------------- GPU (skipped without CUDA)
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_matches_cpu_on_every_layout() -> None:
+    assert m.has_cuda(), ep.NO_CUDA_REASON
+    ids = torch.randint(-(2**63), 2**63 - 1, (1000, 37), dtype=torch.int64)
+    for nb, seed in ((1, 0), (1 << 20, 1), (1_000_003, 2**64 - 1), (2**63 - 1, 5)):
+        expected = ep.hash_ids(ids, nb, seed)
+        for layout in (ids, ids.t(), ids[::3, 1:]):
+            on_gpu = ep.hash_ids(layout.cuda(), nb, seed)
+            assert on_gpu.device.type == "cuda"
+            assert torch.equal(on_gpu.cpu(), ep.hash_ids(layout, nb, seed))
+        assert torch.equal(ep.hash_ids(ids.cuda(), nb, seed).cpu(), expected)
+    assert ep.hash_ids(torch.empty(0, 3, dtype=torch.int64, device="cuda"), 10).shape == (0, 3)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_runs_on_the_current_stream_and_compiles() -> None:
+    ids = torch.arange(1 << 20, device="cuda")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        result = ep.hash_ids(ids, 1000, 3)
+    stream.synchronize()
+    assert torch.equal(result.cpu(), ep.hash_ids(ids.cpu(), 1000, 3))
+    compiled = torch.compile(lambda x: ep.hash_ids(x, 1000, 3) + 1, fullgraph=True)
+    assert torch.equal(compiled(ids).cpu(), ep.hash_ids(ids.cpu(), 1000, 3) + 1)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_errors_are_python_exceptions() -> None:
+    ids = torch.arange(10, device="cuda")
+    with pytest.raises(ValueError, match="same device"):
+        m.hash_ids_into(ids, torch.empty(10, dtype=torch.int64), 10)
+    with pytest.raises(ValueError, match="contiguous"):
+        m.hash_ids_into(ids.reshape(2, 5).t(), torch.empty(10, dtype=torch.int64, device="cuda"), 10)
