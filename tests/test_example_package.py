@@ -422,10 +422,11 @@ def test_dlpack_struct_layout_matches_torch_capsules():
 class FakeCuda:
     """Object exporting a fake CUDA int64 tensor via DLPack."""
 
-    def __init__(self, versioned, n=4, flags=0, device_type=2):
+    def __init__(self, versioned, n=4, flags=0, device_type=2, offset_elements=0):
         self.versioned, self.flags, self.device_type = versioned, flags, device_type
         self.shape = (ctypes.c_int64 * 1)(n)
-        self.buf = (ctypes.c_int64 * n)()
+        self.offset = offset_elements
+        self.buf = (ctypes.c_int64 * (n + offset_elements))()
         self.deleted = 0
         self.kwargs = None
 
@@ -439,7 +440,7 @@ class FakeCuda:
     def __dlpack__(self, **kwargs):
         self.kwargs = kwargs
         t = _DLTensor(ctypes.cast(self.buf, ctypes.c_void_p), _DLDevice(self.device_type, 0), 1,
-                      _DLDataType(0, 64, 1), self.shape, None, 0)
+                      _DLDataType(0, 64, 1), self.shape, None, 8 * self.offset)
         if self.versioned:
             self.mt = _DLManagedTensorVersioned(_DLPackVersion(1, 0), None, self._del, self.flags, t)
             name = b"dltensor_versioned"
@@ -484,6 +485,18 @@ def test_read_only_flag_rejected_for_dst():
     rs = FakeCuda(True, flags=1, device_type=1)
     rs.buf[:] = [1, 2, 3, 4]
     assert hi(rs, 10).tolist() == ref_ids(np.array([1, 2, 3, 4]), 10).tolist()
+
+
+@pytest.mark.parametrize("versioned", [True, False])
+def test_byte_offset_and_null_strides_are_honoured(versioned):
+    source = FakeCuda(versioned, n=4, device_type=1, offset_elements=3)  # CPU, data starts 24 bytes in
+    source.buf[:] = [-1, -1, -1, 10, 20, 30, 40]
+    assert hi(source, 1000, 1).tolist() == ref_ids(np.array([10, 20, 30, 40]), 1000, 1).tolist()
+    destination = FakeCuda(versioned, n=4, device_type=1, offset_elements=2)
+    m.hash_ids_into(torch.tensor([10, 20, 30, 40]), destination, 1000, 1)
+    assert list(destination.buf)[:2] == [0, 0]  # nothing written before the offset
+    assert list(destination.buf)[2:] == ref_ids(np.array([10, 20, 30, 40]), 1000, 1).tolist()
+    assert source.deleted == 1 and destination.deleted == 1
 
 
 def test_device_mismatch():
