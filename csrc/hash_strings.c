@@ -49,7 +49,7 @@ static int scratch_reserve(scratch_buffer *scratch, size_t size)
     return 0;
 }
 
-/* UTF-8 of `length` code points read by `read(data, i)`; -1 at a surrogate or a non-character. */
+/* Writes the UTF-8 of one code point to out; its length, or -1 for a surrogate or a value above U+10FFFF. */
 static Py_ssize_t encode_code_point(Py_UCS4 c, uint8_t *out)
 {
     if (c < 0x80) {

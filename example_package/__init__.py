@@ -48,4 +48,4 @@ load_seconds = time.perf_counter() - _started  # shown by the demo (python -m ex
 GetStaticInteger = _extension.GetStaticInteger
 Add42ToInteger = _extension.Add42ToInteger
 
-__all__ = ["NO_CUDA_REASON", "Add42ToInteger", "GetStaticInteger", "hash_ids", "hash_strings", "torch"]
+__all__ = ["NO_CUDA_REASON", "Add42ToInteger", "GetStaticInteger", "hash_ids", "hash_strings"]
