@@ -12,7 +12,7 @@ torch and an nvcc. Elsewhere the package builds and works on the CPU.
 import os
 import time
 
-import torch
+import torch  # noqa: F401  # first: the extension links to torch's libraries
 
 from cpp_extension_tools import (
     cached_load_torch_cpp_extension,
