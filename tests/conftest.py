@@ -57,6 +57,10 @@ class CompilerLog:
                     result.append(line)
         return result
 
+    def compiled_sources(self) -> list[str]:
+        """File names of the compiled sources, one entry per compile, sorted."""
+        return sorted(os.path.basename(line.split()[line.split().index("-c") + 1]) for line in self.compiles())
+
     def links(self) -> list[str]:
         return [line for line in self.calls() if " -shared" in line and " -c " not in line]
 
