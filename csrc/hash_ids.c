@@ -132,14 +132,6 @@ static int hash_on_cpu(const DLTensor *src, int64_t numel, int64_t *out, uint64_
     return 0;
 }
 
-static int parse_common(PyObject *num_buckets_arg, PyObject *seed_arg, uint64_t *num_buckets, uint64_t *seed)
-{
-    if (ep_parse_num_buckets(num_buckets_arg, num_buckets) < 0 || ep_parse_u64(seed_arg, "seed", seed) < 0) {
-        return -1;
-    }
-    return 0;
-}
-
 PyObject *ep_hash_ids(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"ids", "num_buckets", "seed", "threads", NULL};
@@ -152,7 +144,7 @@ PyObject *ep_hash_ids(PyObject *self, PyObject *args, PyObject *kwargs)
     (void)self;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|Oi:hash_ids", keywords, &ids, &num_buckets_arg, &seed_arg,
                                      &threads) ||
-        parse_common(num_buckets_arg, seed_arg, &num_buckets, &seed) < 0) {
+        ep_parse_num_buckets(num_buckets_arg, &num_buckets) < 0 || ep_parse_u64(seed_arg, "seed", &seed) < 0) {
         return NULL;
     }
     int32_t device_type = ep_dl_device_type(ids);
@@ -258,7 +250,7 @@ PyObject *ep_hash_ids_into(PyObject *self, PyObject *args, PyObject *kwargs)
     (void)self;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOi:hash_ids_into", keywords, &src_obj, &dst_obj,
                                      &num_buckets_arg, &seed_arg, &stream_arg, &threads) ||
-        parse_common(num_buckets_arg, seed_arg, &num_buckets, &seed) < 0 ||
+        ep_parse_num_buckets(num_buckets_arg, &num_buckets) < 0 || ep_parse_u64(seed_arg, "seed", &seed) < 0 ||
         (stream_arg != Py_None && ep_parse_u64(stream_arg, "stream", &stream) < 0)) {
         return NULL;
     }

@@ -46,20 +46,22 @@ class CompilerLog:
     def calls(self) -> list[str]:
         return self.log.read_text().splitlines() if self.log.exists() else []
 
-    def compiles(self, suffix: str = "") -> list[str]:
-        """Invocations that compiled a source (``-c``), optionally only sources ending in ``suffix``."""
+    def _compiled(self) -> list[tuple[str, str]]:
+        """(source, invocation) for each invocation that compiled a source (``-c``)."""
         result = []
         for line in self.calls():
             words = line.split()
             if "-c" in words:
-                source = words[words.index("-c") + 1]
-                if source.endswith(suffix):
-                    result.append(line)
+                result.append((words[words.index("-c") + 1], line))
         return result
+
+    def compiles(self, suffix: str = "") -> list[str]:
+        """Invocations that compiled a source, optionally only sources ending in ``suffix``."""
+        return [line for source, line in self._compiled() if source.endswith(suffix)]
 
     def compiled_sources(self) -> list[str]:
         """File names of the compiled sources, one entry per compile, sorted."""
-        return sorted(os.path.basename(line.split()[line.split().index("-c") + 1]) for line in self.compiles())
+        return sorted(os.path.basename(source) for source, _ in self._compiled())
 
     def links(self) -> list[str]:
         return [line for line in self.calls() if " -shared" in line and " -c " not in line]
