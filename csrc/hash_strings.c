@@ -2,15 +2,20 @@
  * hash_strings(values, num_buckets, seed=0): xxh64(UTF-8 bytes of values[i], seed) % num_buckets.
  *
  * values is a sequence of str/bytes (list, tuple, 1-D object ndarray) or a 1-D
- * numpy array of dtype str_ or bytes_. The hashing loop runs without the GIL:
- *  - a sequence is first copied into a private tuple (GIL held), which keeps
- *    every item alive; str and bytes are immutable, so their bytes can be read
- *    without the GIL. A str's own UTF-8 cache is never filled
- *    (PyUnicode_AsUTF8 would keep a second copy of every string alive for as
- *    long as the string lives): non-ASCII strings are encoded into a scratch
- *    buffer instead.
- *  - a numpy array is read through the buffer protocol (UCS4 or bytes cells,
- *    trailing NULs stripped as numpy does).
+ * numpy array of dtype str_ or bytes_. Worker threads hash; none of them calls
+ * the C API, and they read only immutable str/bytes data:
+ *  - a list is read in place with the GIL held by the calling thread, which
+ *    only waits: no Python code can run, so nothing can mutate the list or
+ *    free an item. Releasing the GIL would need a private copy first (an
+ *    incref and a decref of every item, two extra passes over the objects:
+ *    8.7 of 23 ms for a million short strings), so lists keep it.
+ *  - any other sequence is copied into a private tuple (a tuple is its own
+ *    copy), which keeps every item alive; the loop then runs without the GIL.
+ *  - a numpy str_/bytes_ array is read through the buffer protocol (UCS4 or
+ *    bytes cells, trailing NULs stripped as numpy does), without the GIL.
+ * A str's own UTF-8 cache is never filled (PyUnicode_AsUTF8 would keep a
+ * second copy of every string alive for as long as the string lives):
+ * non-ASCII strings are encoded into a per-thread scratch buffer instead.
  * A lone surrogate (e.g. from surrogateescape) cannot be encoded: the loop
  * records the first one, and the UnicodeEncodeError that str.encode would
  * raise is raised once the GIL is back.
@@ -49,71 +54,143 @@ static int scratch_reserve(scratch_buffer *scratch, size_t size)
     return 0;
 }
 
-/* Writes the UTF-8 of one code point to out; its length, or -1 for a surrogate or a value above U+10FFFF. */
-static Py_ssize_t encode_code_point(Py_UCS4 c, uint8_t *out)
+/* Writes the UTF-8 of a non-ASCII code point as 4 bytes (only the first ones count) and returns its length.
+ * Branch-free: in mixed text the 2/3/4-byte cases come in no pattern the branch predictor can learn, and
+ * a mispredicted branch per character cost more than computing all three encodings. *invalid gets a
+ * nonzero bit for a surrogate or a value above U+10FFFF. */
+static inline Py_ssize_t encode_non_ascii(uint32_t c, uint8_t *out, uint32_t *invalid)
 {
-    if (c < 0x80) {
-        out[0] = (uint8_t)c;
-        return 1;
-    }
-    if (c < 0x800) {
-        out[0] = (uint8_t)(0xC0 | (c >> 6));
-        out[1] = (uint8_t)(0x80 | (c & 0x3F));
-        return 2;
-    }
-    if (c < 0x10000) {
-        if (c >= 0xD800 && c <= 0xDFFF) {
-            return -1;
-        }
-        out[0] = (uint8_t)(0xE0 | (c >> 12));
-        out[1] = (uint8_t)(0x80 | ((c >> 6) & 0x3F));
-        out[2] = (uint8_t)(0x80 | (c & 0x3F));
-        return 3;
-    }
-    if (c > 0x10FFFF) {
-        return -1;
-    }
-    out[0] = (uint8_t)(0xF0 | (c >> 18));
-    out[1] = (uint8_t)(0x80 | ((c >> 12) & 0x3F));
-    out[2] = (uint8_t)(0x80 | ((c >> 6) & 0x3F));
-    out[3] = (uint8_t)(0x80 | (c & 0x3F));
-    return 4;
+    uint32_t two = (0xC0 | (c >> 6)) | (0x80 | (c & 0x3F)) << 8;
+    uint32_t three = (0xE0 | (c >> 12)) | (0x80 | ((c >> 6) & 0x3F)) << 8 | (0x80 | (c & 0x3F)) << 16;
+    uint32_t four = (0xF0 | (c >> 18)) | (0x80 | ((c >> 12) & 0x3F)) << 8 | (0x80 | ((c >> 6) & 0x3F)) << 16 |
+                    (uint32_t)(0x80 | (c & 0x3F)) << 24;
+    uint32_t bytes = c < 0x800 ? two : c < 0x10000 ? three : four;
+    memcpy(out, &bytes, 4); /* little-endian: the first byte is the low one */
+    *invalid |= (uint32_t)(c - 0xD800 < 0x800) | (uint32_t)(c > 0x10FFFF);
+    return 2 + (c >= 0x800) + (c >= 0x10000);
 }
 
-/* Latin-1 (1-byte kind) text: each code point is 1 or 2 UTF-8 bytes and never a surrogate. */
-static Py_ssize_t encode_latin1(const uint8_t *text, Py_ssize_t length, uint8_t *out)
+/* The UTF-8 of one code point at p; returns the end. ASCII takes the (well predicted) branch. */
+static inline uint8_t *put_code_point(uint32_t c, uint8_t *p, uint32_t *invalid)
 {
+    if (c < 0x80) {
+        *p = (uint8_t)c;
+        return p + 1;
+    }
+    return p + encode_non_ascii(c, p, invalid);
+}
+
+/* The UTF-8 of one Latin-1 character (1 or 2 bytes, writes 2), branch-free; returns the end. */
+static inline uint8_t *put_latin1(uint8_t c, uint8_t *p)
+{
+    p[0] = c < 0x80 ? c : (uint8_t)(0xC0 | (c >> 6));
+    p[1] = (uint8_t)(0x80 | (c & 0x3F));
+    return p + 1 + (c >> 7);
+}
+
+/* Latin-1 text: 1 or 2 bytes per character, branch-free, never invalid; 8-character ASCII runs copied
+ * whole. */
+static Py_ssize_t encode_ucs1(const void *text, Py_ssize_t length, uint8_t *out)
+{
+    const uint8_t *units = text;
     uint8_t *p = out;
-    for (Py_ssize_t i = 0; i < length; i++) {
-        uint8_t c = text[i];
-        if (c < 0x80) {
-            *p++ = c;
-        } else {
-            *p++ = (uint8_t)(0xC0 | (c >> 6));
-            *p++ = (uint8_t)(0x80 | (c & 0x3F));
+    Py_ssize_t i = 0;
+    for (; i + 8 <= length; i += 8) {
+        uint64_t word;
+        memcpy(&word, units + i, 8);
+        if ((word & UINT64_C(0x8080808080808080)) == 0) {
+            memcpy(p, &word, 8);
+            p += 8;
+            continue;
         }
+        for (int k = 0; k < 8; k++) {
+            uint8_t c = units[i + k];
+            p = put_latin1(c, p);
+        }
+    }
+    for (; i < length; i++) {
+        uint8_t c = units[i];
+        p = put_latin1(c, p);
     }
     return p - out;
 }
 
-/* Encodes a str's code points (any kind) into scratch; the byte count, -1 at a surrogate, -2 without memory. */
-static Py_ssize_t encode_str(int kind, const void *data, Py_ssize_t length, scratch_buffer *scratch)
+/* UCS-2 and UCS-4 text (a str's 2- and 4-byte kinds, numpy's str_ cells). Units are loaded with memcpy
+ * because numpy cells may be unaligned (a plain load for str data). Runs of ASCII are tested and packed
+ * a 64-bit word at a time (4 or 2 units). Each returns the byte count, or -1 if a code point cannot be
+ * encoded (a lone surrogate, a value above U+10FFFF). */
+static Py_ssize_t encode_ucs2(const void *text, Py_ssize_t length, uint8_t *out)
+{
+    const char *units = text;
+    uint8_t *p = out;
+    uint32_t invalid = 0;
+    Py_ssize_t i = 0;
+    for (; i + 4 <= length; i += 4) {
+        uint64_t word;
+        memcpy(&word, units + 2 * i, 8);
+        if ((word & UINT64_C(0xFF80FF80FF80FF80)) == 0) {
+            uint32_t packed = (uint32_t)((word & 0xFF) | ((word >> 8) & 0xFF00) | ((word >> 16) & 0xFF0000) |
+                                         ((word >> 24) & 0xFF000000));
+            memcpy(p, &packed, 4);
+            p += 4;
+            continue;
+        }
+        for (int k = 0; k < 4; k++) {
+            uint32_t c = (uint32_t)(word >> (16 * k)) & 0xFFFF;
+            p = put_code_point(c, p, &invalid);
+        }
+    }
+    for (; i < length; i++) {
+        Py_UCS2 c;
+        memcpy(&c, units + 2 * i, 2);
+        p = put_code_point(c, p, &invalid);
+    }
+    return invalid ? -1 : p - out;
+}
+
+static Py_ssize_t encode_ucs4(const void *text, Py_ssize_t length, uint8_t *out)
+{
+    const char *units = text;
+    uint8_t *p = out;
+    uint32_t invalid = 0;
+    Py_ssize_t i = 0;
+    for (; i + 2 <= length; i += 2) {
+        uint64_t word;
+        memcpy(&word, units + 4 * i, 8);
+        if ((word & UINT64_C(0xFFFFFF80FFFFFF80)) == 0) {
+            p[0] = (uint8_t)word;
+            p[1] = (uint8_t)(word >> 32);
+            p += 2;
+            continue;
+        }
+        for (int k = 0; k < 2; k++) {
+            uint32_t c = (uint32_t)(word >> (32 * k));
+            p = put_code_point(c, p, &invalid);
+        }
+    }
+    if (i < length) {
+        Py_UCS4 c;
+        memcpy(&c, units + 4 * i, 4);
+        p = put_code_point(c, p, &invalid);
+    }
+    return invalid ? -1 : p - out;
+}
+
+/* Encodes `length` code units of `unit_size` bytes (1, 2 or 4: a str's kind) into scratch; the byte count,
+ * -1 at a code point UTF-8 cannot hold, -2 without memory. */
+static Py_ssize_t encode_units(int unit_size, const void *text, Py_ssize_t length, scratch_buffer *scratch)
 {
     if (scratch_reserve(scratch, 4 * (size_t)length + 1) < 0) {
         return -2;
     }
-    if (kind == PyUnicode_1BYTE_KIND) {
-        return encode_latin1(data, length, scratch->data);
+    switch (unit_size) {
+    case 1:
+        return encode_ucs1(text, length, scratch->data);
+    case 2:
+        return encode_ucs2(text, length, scratch->data);
+    default:
+        return encode_ucs4(text, length, scratch->data);
     }
-    Py_ssize_t size = 0;
-    for (Py_ssize_t i = 0; i < length; i++) {
-        Py_ssize_t written = encode_code_point(PyUnicode_READ(kind, data, i), scratch->data + size);
-        if (written < 0) {
-            return -1;
-        }
-        size += written;
-    }
-    return size;
 }
 
 /* What went wrong in a GIL-free loop, reported once the GIL is back. */
@@ -124,7 +201,7 @@ typedef struct {
     Py_ssize_t index;
 } loop_result;
 
-/* Types are checked here, without the GIL (reading the type of an object we hold a reference to is
+/* Types are checked here, in the worker threads (reading the type of an object that is kept alive is
  * safe): one pass over the objects instead of two, and the objects are the memory traffic. */
 static loop_result hash_items(PyObject *const *items, Py_ssize_t n, uint64_t seed, fh_fastmod64 fm, int64_t *out)
 {
@@ -149,7 +226,7 @@ static loop_result hash_items(PyObject *const *items, Py_ssize_t n, uint64_t see
             bytes = PyUnicode_DATA(item); /* ASCII data is its own UTF-8 */
             size = PyUnicode_GET_LENGTH(item);
         } else {
-            size = encode_str(PyUnicode_KIND(item), PyUnicode_DATA(item), PyUnicode_GET_LENGTH(item), &scratch);
+            size = encode_units(PyUnicode_KIND(item), PyUnicode_DATA(item), PyUnicode_GET_LENGTH(item), &scratch);
             if (size < 0) {
                 result = (loop_result){size == -1 ? LOOP_NOT_ENCODABLE : LOOP_NO_MEMORY, i};
                 break;
@@ -220,22 +297,9 @@ static loop_result hash_cells(const fixed_width_cells *cells, Py_ssize_t n, uint
             while (length > 0 && (memcpy(&c, cell + 4 * (length - 1), 4), c == 0)) {
                 length--; /* numpy drops trailing NULs */
             }
-            if (scratch_reserve(&scratch, 4 * (size_t)length + 1) < 0) {
-                result = (loop_result){LOOP_NO_MEMORY, i};
-                break;
-            }
-            size = 0;
-            for (Py_ssize_t k = 0; k < length; k++) {
-                memcpy(&c, cell + 4 * k, 4);
-                Py_ssize_t written = encode_code_point(c, scratch.data + size);
-                if (written < 0) {
-                    size = -1;
-                    break;
-                }
-                size += written;
-            }
+            size = encode_units(4, cell, length, &scratch);
             if (size < 0) {
-                result = (loop_result){LOOP_NOT_ENCODABLE, i};
+                result = (loop_result){size == -1 ? LOOP_NOT_ENCODABLE : LOOP_NO_MEMORY, i};
                 break;
             }
             bytes = scratch.data;
@@ -260,14 +324,18 @@ static void hash_cells_range(void *context, int64_t begin, int64_t end)
     record_failure(job, failure);
 }
 
-/* Runs a job's ranges without the GIL; returns its first failure. */
-static loop_result run_job(strings_job *job, ep_range_function function, int64_t n, int threads)
+/* Runs a job's ranges (without the GIL unless keep_gil); returns its first failure. */
+static loop_result run_job(strings_job *job, ep_range_function function, int64_t n, int threads, int keep_gil)
 {
     job->first_failure = (loop_result){LOOP_OK, 0};
     pthread_mutex_init(&job->lock, NULL);
-    Py_BEGIN_ALLOW_THREADS
-    ep_parallel_for(n, STRINGS_PER_THREAD, threads, function, job);
-    Py_END_ALLOW_THREADS
+    if (keep_gil) {
+        ep_parallel_for(n, STRINGS_PER_THREAD, threads, function, job);
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        ep_parallel_for(n, STRINGS_PER_THREAD, threads, function, job);
+        Py_END_ALLOW_THREADS
+    }
     pthread_mutex_destroy(&job->lock);
     return job->first_failure;
 }
@@ -303,19 +371,25 @@ static PyObject *hash_sequence(PyObject *values, uint64_t seed, fh_fastmod64 fm,
 {
     PyObject *result = NULL;
     DLManagedTensor *out = NULL;
-    PyObject *snapshot = PySequence_Tuple(values); /* private and immutable: items stay alive */
+#ifdef Py_GIL_DISABLED
+    int keep_gil = 0; /* free-threaded: holding "the GIL" would not stop other threads */
+#else
+    int keep_gil = PyList_CheckExact(values);
+#endif
+    /* A list read in place (see the top of this file); anything else copied into a private tuple. */
+    PyObject *snapshot = keep_gil ? Py_NewRef(values) : PySequence_Tuple(values);
     if (snapshot == NULL) {
         return NULL;
     }
-    Py_ssize_t n = PyTuple_GET_SIZE(snapshot);
-    PyObject *const *items = &PyTuple_GET_ITEM(snapshot, 0);
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(snapshot);
+    PyObject *const *items = PySequence_Fast_ITEMS(snapshot);
     int64_t shape = (int64_t)n;
     out = ep_dl_alloc_int64(1, &shape, shape);
     if (out == NULL) {
         goto done;
     }
     strings_job job = {.items = items, .seed = seed, .fm = fm, .out = out->dl_tensor.data};
-    loop_result loop = run_job(&job, hash_items_range, n, threads);
+    loop_result loop = run_job(&job, hash_items_range, n, threads, keep_gil);
 #if PY_VERSION_HEX < 0x030C0000
     if (loop.status == LOOP_NOT_READY) { /* legacy strings (gone in 3.12): ready them all, then go again */
         for (Py_ssize_t i = 0; i < n; i++) {
@@ -323,7 +397,7 @@ static PyObject *hash_sequence(PyObject *values, uint64_t seed, fh_fastmod64 fm,
                 goto done;
             }
         }
-        loop = run_job(&job, hash_items_range, n, threads);
+        loop = run_job(&job, hash_items_range, n, threads, keep_gil);
     }
 #endif
     if (loop.status != LOOP_OK) {
@@ -388,7 +462,7 @@ static PyObject *hash_buffer(PyObject *values, uint64_t seed, fh_fastmod64 fm, i
         goto done;
     }
     strings_job job = {.cells = &cells, .seed = seed, .fm = fm, .out = out->dl_tensor.data};
-    loop_result loop = run_job(&job, hash_cells_range, n, threads);
+    loop_result loop = run_job(&job, hash_cells_range, n, threads, 0);
     if (loop.status != LOOP_OK) {
         raise_loop_error(loop, NULL, &cells);
         goto done;

@@ -44,7 +44,8 @@ def hash_strings(values: Any, num_buckets: int, seed: int = 0) -> torch.Tensor:
     """xxh64(UTF-8 bytes of each value, seed) % num_buckets, as a 1-D int64 CPU tensor.
 
     ``values``: a list or tuple of str/bytes, or a 1-D numpy array of dtype
-    object, str_ or bytes_. Hashing runs without the GIL, on torch.get_num_threads() threads.
+    object, str_ or bytes_. Hashing runs on torch.get_num_threads() threads, without the GIL except for
+    a list, which is read in place while this thread holds the GIL (a tuple or an array is not).
     """
     return torch.from_dlpack(_extension.hash_strings(values, num_buckets, seed, torch.get_num_threads()))
 

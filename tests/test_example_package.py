@@ -127,6 +127,36 @@ def test_random_unicode(seed):
         assert hs([v.encode() for v in vals], nb, seed).tolist() == got
 
 
+@pytest.mark.parametrize("wide", ["\u00e9", "\u4e2d", "\U0001F600"], ids=["latin1", "ucs2", "ucs4"])
+def test_one_wide_character_at_every_position(wide: str) -> None:
+    """The encoders test and pack ASCII a 64-bit word at a time: a wide character in any lane, or in
+    the tail after the last whole word, must come out the same as str.encode."""
+    values = ["abcdefghijklmnopqrs"[:length][:pos] + wide + "abcdefghijklmnopqrs"[pos:length]
+              for length in range(20) for pos in range(length + 1)]
+    assert hs(values, U63, 3).tolist() == [ref_str(v, U63, 3) for v in values]
+    cells = np.array(values)  # the same text as numpy UCS4 cells
+    assert hs(cells, U63, 3).tolist() == [ref_str(v, U63, 3) for v in values]
+
+
+@pytest.mark.parametrize("filler", ["\u4e2d", "\U0001F600"], ids=["ucs2", "ucs4"])
+def test_lone_surrogate_at_every_position_raises(filler: str) -> None:
+    for length in range(12):
+        for pos in range(length + 1):
+            text = filler * pos + "\udc80" + "x" * (length - pos)
+            with pytest.raises(UnicodeEncodeError):
+                hs([text], 10)
+
+
+def test_unaligned_numpy_cells() -> None:
+    """A str_ field of a packed structured array sits at odd addresses: cells are read with memcpy."""
+    records = np.zeros(5, dtype=[("pad", "u1"), ("text", "U7")])
+    texts = ["", "ascii", "h\u00e9llo", "\u4e2d\u6587\u4e2d", "\U0001F600!"]
+    records["text"] = texts
+    column = records["text"]
+    assert column.__array_interface__["data"][0] % 4 != 0
+    assert hs(column, 1000, 9).tolist() == [ref_str(t, 1000, 9) for t in texts]
+
+
 def test_random_buckets_fastmod():
     rng = random.Random(7)
     vals = [os.urandom(rng.randint(0, 40)) for _ in range(500)]
@@ -699,12 +729,16 @@ def test_str_utf8_cache_is_not_filled() -> None:
     assert [sys.getsizeof(v) for v in values] == sizes
 
 
-@pytest.mark.parametrize("function", ["hash_ids", "hash_strings"])
-def test_loops_release_the_gil(function: str) -> None:
-    if function == "hash_ids":
-        data: Any = torch.randint(-(2**62), 2**62, (30_000_000,))
-    else:
-        data = [f"value number {i} \u00e9" for i in range(2_000_000)]
+@pytest.mark.parametrize(("function", "kind"), [("hash_ids", "tensor"), ("hash_strings", "tuple"),
+                                                ("hash_strings", "numpy")])
+def test_loops_release_the_gil(function: str, kind: str) -> None:
+    data: Any
+    if kind == "tensor":
+        data = torch.randint(-(2**62), 2**62, (30_000_000,))
+    else:  # not a list: a list is read in place with the GIL held (see csrc/hash_strings.c)
+        data = tuple(f"value number {i} \u00e9" for i in range(2_000_000))
+        if kind == "numpy":
+            data = np.array(data)
     ticks = 0
     done = threading.Event()
 
