@@ -134,9 +134,10 @@ def _build_and_load(store: ModuleStore, config: BuildConfig, verbose: bool) -> M
         module = memo_get(store.folder, config.key)
         if module is not None:
             return module
-        store.ensure_folders()
+        store.ensure_folders(config)
         with module_lock(store.lock_path, store.owner_path, f"{config.name!r} ({store.folder})"):
-            manifest, _ = store.find(config)
+            store.remove_leftovers()
+            manifest, _ = store.find(config, repair=True)
             if manifest is None:
                 manifest = _build_locked(store, config, verbose, failure_before)
         return _load(store, config, manifest)

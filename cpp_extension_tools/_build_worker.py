@@ -122,6 +122,53 @@ def _device_arch_flags(cuda_cflags: list[str], arch_list: str) -> list[str]:
     return flags
 
 
+UNIQUE_SOURCES_FOLDER = "renamed_sources"
+
+
+def _object_name(source: str) -> str:
+    """The object file torch's load() gives a source: its base name, so a/util.c and b/util.c collide."""
+    stem, extension = os.path.splitext(os.path.basename(source))
+    return stem + (".cuda.o" if extension == ".cu" else ".o")
+
+
+def _with_unique_object_names(sources: list[str], build_directory: str) -> list[str]:
+    """Sources whose object names would collide are compiled through a one-line stand-in.
+
+    The stand-in (renamed_sources/util-2.c) #includes the real file by its absolute path, so the
+    compiler still reports errors at the real file and line, and its own folder comes first for
+    #include "..." lookups. Stand-ins are rewritten only when their text changes, so ninja's
+    timestamps stay meaningful.
+    """
+    seen: dict[str, int] = {}
+    result = []
+    for source in sources:
+        name = _object_name(source)
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] == 1:
+            result.append(source)
+            continue
+        stem, extension = os.path.splitext(os.path.basename(source))
+        folder = os.path.join(build_directory, UNIQUE_SOURCES_FOLDER)
+        os.makedirs(folder, exist_ok=True)
+        number = seen[name]
+        while _object_name(f"{stem}-{number}{extension}") in seen:  # e.g. a real util-2.c among the sources
+            number += 1
+        stand_in = os.path.join(folder, f"{stem}-{number}{extension}")
+        seen[_object_name(stand_in)] = 1
+        quoted = os.path.abspath(source).replace("\\", "\\\\").replace('"', '\\"')
+        text = f'#include "{quoted}"\n'
+        try:
+            with open(stand_in, encoding="utf-8") as f:
+                unchanged = f.read() == text
+        except OSError:
+            unchanged = False
+        if not unchanged:
+            with open(stand_in, "w", encoding="utf-8") as f:
+                f.write(text)
+        result.append(stand_in)
+    return result
+
+
 def _ninja_deps(build_directory: str) -> dict[str, list[str]]:
     """Every object's dependencies as recorded by ninja (depfiles are deleted after reading)."""
     try:
@@ -165,7 +212,8 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
         import torch.utils.cpp_extension as cpp_extension
 
         cpp_extension.load(
-            name=spec["name"], sources=spec["sources"], extra_cflags=spec["cflags"],
+            name=spec["name"], sources=_with_unique_object_names(spec["sources"], spec["build_directory"]),
+            extra_cflags=spec["cflags"],
             extra_cuda_cflags=cuda_cflags, extra_ldflags=spec["ldflags"],
             extra_include_paths=spec["include_paths"], build_directory=spec["build_directory"],
             verbose=True, with_cuda=spec["with_cuda"], is_python_module=False)

@@ -24,8 +24,9 @@ from . import _probe
 from ._config import BuildConfig
 from ._driver import write_driver
 from ._errors import BuildError
-from ._fsutil import atomic_write_bytes, make_private_dirs
+from ._fsutil import atomic_write_bytes, make_dirs
 from ._hashing import FileRecord, digest_file, record_file
+from ._trust import folder_mode
 
 __all__ = ["BuildOutcome", "run_build"]
 
@@ -48,7 +49,7 @@ class BuildOutcome:
 
 
 def run_build(config: BuildConfig, build_folder: str, verbose: bool) -> BuildOutcome:
-    make_private_dirs(build_folder)
+    make_dirs(build_folder, folder_mode())
     _remove_stale_baton(build_folder)
     _invalidate_changed_objects(build_folder)
     source_digests = {path: digest_file(path) for path in config.sources}
@@ -62,7 +63,7 @@ def run_build(config: BuildConfig, build_folder: str, verbose: bool) -> BuildOut
     seconds = time.monotonic() - started
     if not result.get("ok"):
         raise _build_error(config.name, result, log_path)
-    inputs = _collect_inputs(config, result.get("deps", {}))
+    inputs = _collect_inputs(config, result.get("deps", {}), build_folder)
     changed = [p for p, d in source_digests.items() if digest_file(p) != d]
     if changed:
         raise BuildError(f"{changed[0]} changed while {config.name} was being built; call again to "
@@ -145,15 +146,17 @@ def _system_prefixes(config: BuildConfig) -> tuple[str, ...]:
     return tuple(os.path.realpath(p) + os.sep for p in prefixes)
 
 
-def _collect_inputs(config: BuildConfig, deps: dict[str, list[str]]) -> list[FileRecord]:
+def _collect_inputs(config: BuildConfig, deps: dict[str, list[str]], build_folder: str) -> list[FileRecord]:
     """Sources plus the user headers they included, each with its content digest."""
     system = _system_prefixes(config)
     user = tuple(os.path.realpath(p) + os.sep for p in config.include_paths)
+    own = os.path.realpath(build_folder) + os.sep  # the stand-ins of sources with colliding object names
     headers: set[str] = set()
     for paths in deps.values():
         for path in paths:
             real = os.path.realpath(path)
-            if path in config.sources or (real.startswith(system) and not real.startswith(user)):
+            if (path in config.sources or real.startswith(own)
+                    or (real.startswith(system) and not real.startswith(user))):
                 continue
             headers.add(os.path.abspath(path))
     return [record_file(p) for p in config.sources] + [record_file(p) for p in sorted(headers)

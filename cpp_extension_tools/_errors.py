@@ -8,7 +8,7 @@ it in the parent).
 
 from __future__ import annotations
 
-__all__ = ["BuildError", "LockTimeoutError", "ManifestError"]
+__all__ = ["BuildError", "CacheNotWritableError", "LockTimeoutError", "ManifestError", "UnsafeCacheError"]
 
 
 class BuildError(RuntimeError):
@@ -58,3 +58,14 @@ class LockTimeoutError(TimeoutError):
 
 class ManifestError(ValueError):
     """A cache manifest is missing, unreadable or inconsistent (the entry is treated as absent)."""
+
+
+class UnsafeCacheError(PermissionError):
+    """A cached binary, or a folder above it in the cache, could have been replaced by another user.
+
+    Loading it would run that user's code in this process, so the library refuses.
+    """
+
+
+class CacheNotWritableError(OSError):
+    """The cache root cannot be created or written (permissions, read-only or full file system)."""

@@ -8,12 +8,13 @@ the fsync).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 
-__all__ = ["TEMP_MARKER", "atomic_copy", "atomic_write_bytes", "make_private_dirs", "temporary_name"]
+__all__ = ["TEMP_MARKER", "atomic_copy", "atomic_write_bytes", "make_dirs", "remove_tree", "temporary_name"]
 
 # Every temporary file carries this marker so leftovers of a killed writer can
 # be recognized (and are never mistaken for real entries).
@@ -57,6 +58,30 @@ def atomic_copy(source: str, destination: str, mode: int = 0o755) -> None:
         os.replace(tmp, destination)
 
 
-def make_private_dirs(path: str, mode: int = 0o700) -> None:
-    """Create ``path`` and missing parents with ``mode`` (umask still applies)."""
-    os.makedirs(path, mode=mode, exist_ok=True)
+def make_dirs(path: str, mode: int) -> None:
+    """Create ``path`` and its missing parents with exactly ``mode`` (mkdir's mode is cut by the umask)."""
+    missing = []
+    current = path
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, mode)
+        except FileExistsError:
+            if os.path.isdir(folder):
+                continue  # another process made it first
+            raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", folder) from None
+        os.chmod(folder, mode)
+
+
+def remove_tree(path: str) -> None:
+    """Delete a file or folder; what cannot be deleted is left (it is never loaded or trusted)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

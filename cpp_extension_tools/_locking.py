@@ -10,15 +10,23 @@ another process holds or waits on splits the lock in two.
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import logging
 import os
 import socket
+import stat
+import tempfile
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from ._errors import LockTimeoutError
+from ._errors import CacheNotWritableError, LockTimeoutError
 from ._fsutil import atomic_write_bytes
+
+if TYPE_CHECKING:
+    import filelock
 
 __all__ = ["LOCK_TIMEOUT_ENV", "module_lock"]
 
@@ -48,15 +56,48 @@ def module_lock(lock_path: str, owner_path: str, what: str) -> Iterator[None]:
     """Hold the lock at ``lock_path``, logging who holds it while we wait."""
     import filelock  # imported here: the warm path never takes the lock
 
+    lock = filelock.FileLock(lock_path, mode=0o600)
+    try:
+        _acquire(lock, lock_path, owner_path, what)
+    except LockTimeoutError:  # a TimeoutError, hence an OSError too
+        raise
+    except OSError as e:
+        if e.errno not in _NO_LOCKS:
+            raise _not_writable(lock_path, e) from e
+        local_path = _host_local_lock_path(lock_path)
+        # Some NFS and FUSE mounts answer flock with ENOLCK or EOPNOTSUPP (no lock daemon). Waiting
+        # would never end and building unlocked would let processes overwrite each other's build,
+        # so processes on this host lock a file on a local disk instead.
+        logger.warning("the file system of %s does not support file locks (%s); builds of %s are serialized "
+                       "only among processes on this host, through %s. Processes on other hosts that share "
+                       "this cache are not coordinated: put the cache on a local disk, or build it once "
+                       "before starting them.", lock_path, os.strerror(e.errno or 0), what, local_path)
+        lock = filelock.FileLock(local_path, mode=0o600)
+        _acquire(lock, local_path, owner_path, what)
+    try:
+        _write_owner(owner_path)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(owner_path)  # only the holder writes or removes it
+        lock.release()
+
+
+# errno values of file systems without working flock.
+_NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
+
+
+def _acquire(lock: filelock.BaseFileLock, lock_path: str, owner_path: str, what: str) -> None:
+    import filelock
+
     timeout = _seconds_from_env(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT)
     interval = _seconds_from_env(LOCK_LOG_INTERVAL_ENV, DEFAULT_LOG_INTERVAL)
-    lock = filelock.FileLock(lock_path, mode=0o600)
     started = time.monotonic()
     while True:
         remaining = timeout - (time.monotonic() - started)
         try:
             lock.acquire(timeout=max(0.0, min(interval, remaining)), poll_interval=0.05)
-            break
+            return
         except filelock.Timeout:
             waited = time.monotonic() - started
             if waited >= timeout:
@@ -66,13 +107,22 @@ def module_lock(lock_path: str, owner_path: str, what: str) -> Iterator[None]:
                     f"to wait longer set {LOCK_TIMEOUT_ENV} (seconds). Lock file: {lock_path}") from None
             logger.info("waiting for the build lock of %s, held by %s (%.0f s so far)",
                         what, _describe_owner(owner_path), waited)
-    try:
-        _write_owner(owner_path)
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(owner_path)  # only the holder writes or removes it
-        lock.release()
+
+
+def _host_local_lock_path(lock_path: str) -> str:
+    folder = os.path.join(tempfile.gettempdir(), f"cpp_extension_tools-locks-{os.geteuid()}")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    info = os.lstat(folder)
+    if info.st_uid != os.geteuid() or not stat.S_ISDIR(info.st_mode):
+        raise PermissionError(errno.EACCES, "lock folder is not a folder of this user", folder)
+    digest = hashlib.sha256(os.path.abspath(lock_path).encode()).hexdigest()[:32]
+    return os.path.join(folder, f"{digest}.lock")
+
+
+def _not_writable(path: str, error: OSError) -> CacheNotWritableError:
+    return CacheNotWritableError(
+        error.errno or 0, f"cannot create or lock {path} ({error.strerror or error}): make the cache "
+        "writable, or set CACHED_CPP_EXTENSION_BUILD_DIR (or pass build_directory=) to a writable folder")
 
 
 def _write_owner(owner_path: str) -> None:

@@ -7,8 +7,15 @@
         artifacts/<key16>-<content16>/
             <name>.so           the binary, written first
             manifest.json       the commit marker, written last
+        artifacts/<id>.tmp-<pid>-<random>/   an artifact being published; renamed to
+                                <id> once complete, so a folder without its
+                                manifest is always damage, never work in progress
         latest-<key16>          the newest artifact of a configuration (a hint)
         failure-<key16>.json    the last failed build of a configuration
+
+Everything but the warm path's lookup happens under the module lock. Folders
+are private to the user (see _trust) and every binary is checked for that
+before it is loaded.
 
 Artifacts are immutable and content-addressed: the same sources under the
 same configuration always map to the same folder, so returning to earlier
@@ -18,6 +25,7 @@ sources (switching git branches) finds the earlier binary.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -26,10 +34,11 @@ import uuid
 from typing import Any
 
 from ._config import BuildConfig
-from ._errors import BuildError, ManifestError
-from ._fsutil import TEMP_MARKER, atomic_copy, atomic_write_bytes, make_private_dirs
+from ._errors import BuildError, CacheNotWritableError, ManifestError
+from ._fsutil import TEMP_MARKER, atomic_copy, atomic_write_bytes, make_dirs, remove_tree, temporary_name
 from ._hashing import FileRecord, digest_file, digest_value, file_matches
 from ._manifest import MANIFEST_NAME, Manifest, read_manifest
+from ._trust import check_trusted, folder_mode
 
 __all__ = ["FailureRecord", "ModuleStore", "sources_digest"]
 
@@ -75,47 +84,87 @@ class ModuleStore:
     def _failure_path(self, config: BuildConfig) -> str:
         return os.path.join(self.folder, f"failure-{config.short_key}.json")
 
-    def ensure_folders(self) -> None:
-        make_private_dirs(self.artifacts_folder)
+    def ensure_folders(self, config: BuildConfig) -> None:
+        """Create this module's folders (cold path), refusing folders another user could tamper with."""
+        for folder in (self.artifacts_folder, self.build_folder(config)):
+            try:
+                make_dirs(folder, folder_mode())
+            except OSError as e:
+                raise _not_writable(self.root, e) from e
+            check_trusted(self.root, folder)
 
     # -- lookup --------------------------------------------------------------
-    def find(self, config: BuildConfig) -> tuple[Manifest | None, str]:
-        """Return (a verified artifact for the current inputs, or None; the reason when None)."""
+    def find(self, config: BuildConfig, repair: bool = False) -> tuple[Manifest | None, str]:
+        """Return (a verified artifact for the current inputs, or None; the reason when None).
+
+        With ``repair`` (only under the module lock), damaged entries of this configuration are
+        deleted with a warning, so that they are rebuilt and never looked at again.
+        """
         latest = self._read_latest(config)
         reason = "no artifact for this configuration"
-        if latest is not None:
-            manifest, reason = self.check(os.path.join(self.artifacts_folder, latest), config)
+        if latest is not None:  # the warm path: one artifact checked, no folder listed
+            manifest, reason = self._verify(os.path.join(self.artifacts_folder, latest), config, repair)
             if manifest is not None:
                 return manifest, ""
         for folder in self._candidate_folders(config, skip=latest):
-            manifest, _ = self.check(folder, config)
+            manifest, _ = self._verify(folder, config, repair)
             if manifest is not None:
                 self._write_latest(config, manifest.artifact_id)
                 return manifest, ""
         return None, reason
 
-    def check(self, folder: str, config: BuildConfig) -> tuple[Manifest | None, str]:
-        """Verify one artifact folder against the current configuration and inputs."""
+    def _verify(self, folder: str, config: BuildConfig, repair: bool) -> tuple[Manifest | None, str]:
+        manifest, why, damaged = self._inspect(folder, config)
+        if damaged:
+            self._report_damage(folder, why, repair)
+        return manifest, why
+
+    def _inspect(self, folder: str, config: BuildConfig) -> tuple[Manifest | None, str, bool]:
+        """Verify one artifact folder: (its manifest if usable, why not, whether it is damaged)."""
         try:
             manifest = read_manifest(os.path.join(folder, MANIFEST_NAME))
         except ManifestError as e:
-            if os.path.isdir(folder) and os.path.exists(os.path.join(folder, MANIFEST_NAME)):
-                logger.warning("ignoring a damaged cache entry (it will be rebuilt): %s", e)
-            return None, str(e)
-        if manifest.key != config.key or manifest.name != config.name:
-            logger.warning("ignoring cache entry %s: its manifest belongs to another configuration", folder)
-            return None, "manifest belongs to another configuration"
+            return None, str(e), os.path.isdir(folder)
+        if (manifest.key != config.key or manifest.name != config.name
+                or manifest.artifact_id != os.path.basename(folder)
+                or manifest.library_file != f"{config.name}.so"):
+            return None, "its manifest describes another artifact", True
         if manifest.sources != config.sources:
-            return None, "the list of sources changed"
+            return None, "the list of sources changed", False
         for record in manifest.inputs:
             if not file_matches(record):
-                return None, f"{record.path} changed"
+                return None, f"{record.path} changed", False
         library = os.path.join(folder, manifest.library_file)
         if not _library_intact(library, manifest.library):
-            logger.warning("cache entry %s is damaged (%s differs from its manifest); rebuilding",
-                           folder, manifest.library_file)
-            return None, "the cached binary is damaged"
-        return manifest, ""
+            return None, f"the cached binary {library} is damaged (it differs from its manifest)", True
+        check_trusted(self.root, library)
+        return manifest, "", False
+
+    def _report_damage(self, folder: str, why: str, repair: bool) -> None:
+        if not repair:
+            logger.debug("damaged cache entry %s: %s", folder, why)
+            return
+        logger.warning("deleting a damaged cache entry (it will be rebuilt): %s: %s", folder, why)
+        remove_tree(folder)
+
+    def remove_leftovers(self) -> None:
+        """Delete what killed writers left behind. Called under the module lock.
+
+        In artifacts/ only the lock holder writes, so every temporary entry there belongs to a
+        writer that died. In the module folder, the warm path may update a latest-* hint without
+        the lock; its temporary files live for milliseconds, so only old ones are deleted.
+        """
+        now = time.time()
+        for folder, min_age in ((self.artifacts_folder, 0.0), (self.folder, 600.0)):
+            try:
+                with os.scandir(folder) as entries:
+                    leftovers = [e.path for e in entries if TEMP_MARKER in e.name
+                                 and now - e.stat(follow_symlinks=False).st_mtime >= min_age]
+            except FileNotFoundError:
+                continue
+            for path in leftovers:
+                logger.warning("deleting a leftover of an interrupted write: %s", path)
+                remove_tree(path)
 
     def library_path(self, manifest: Manifest) -> str:
         return os.path.join(self.artifacts_folder, manifest.artifact_id, manifest.library_file)
@@ -151,22 +200,31 @@ class ModuleStore:
     # -- publication -----------------------------------------------------------
     def publish(self, config: BuildConfig, built_library: str, inputs: list[FileRecord],
                 build_seconds: float, details: dict[str, Any]) -> Manifest:
-        """Copy a finished binary into the store; the manifest is written last."""
+        """Install a finished binary: staged in a temporary folder (binary, then manifest), then renamed."""
         content = digest_value([[r.path, r.sha256] for r in inputs])[:16]
         artifact_id = f"{config.short_key}-{content}"
-        folder = os.path.join(self.artifacts_folder, artifact_id)
-        make_private_dirs(folder)
-        library_file = f"{config.name}.so"
-        destination = os.path.join(folder, library_file)
-        atomic_copy(built_library, destination)
-        st = os.stat(destination)
-        library = FileRecord(library_file, st.st_size, st.st_mtime_ns, digest_file(destination))
-        manifest = Manifest(
-            name=config.name, key=config.key, artifact_id=artifact_id, library_file=library_file,
-            library=library, sources=config.sources, inputs=tuple(inputs), created_at=time.time(),
-            build_seconds=round(build_seconds, 3), details=details)
-        atomic_write_bytes(os.path.join(folder, MANIFEST_NAME),
-                           json.dumps(manifest.to_json(), indent=1).encode())
+        final = os.path.join(self.artifacts_folder, artifact_id)
+        staging = temporary_name(final)
+        try:
+            make_dirs(staging, folder_mode())
+            library_file = f"{config.name}.so"
+            destination = os.path.join(staging, library_file)
+            atomic_copy(built_library, destination)
+            st = os.stat(destination)
+            library = FileRecord(library_file, st.st_size, st.st_mtime_ns, digest_file(destination))
+            manifest = Manifest(
+                name=config.name, key=config.key, artifact_id=artifact_id, library_file=library_file,
+                library=library, sources=config.sources, inputs=tuple(inputs), created_at=time.time(),
+                build_seconds=round(build_seconds, 3), details=details)
+            atomic_write_bytes(os.path.join(staging, MANIFEST_NAME),
+                               json.dumps(manifest.to_json(), indent=1).encode())
+            _install_folder(staging, final)
+        except OSError as e:
+            remove_tree(staging)
+            raise _not_writable(self.root, e) from e
+        except BaseException:
+            remove_tree(staging)
+            raise
         self._write_latest(config, artifact_id)
         return manifest
 
@@ -194,6 +252,34 @@ class ModuleStore:
     def clear_failure(self, config: BuildConfig) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._failure_path(config))
+
+
+def _install_folder(staging: str, final: str) -> None:
+    """Rename a complete artifact folder into place, replacing an older (damaged) one if present."""
+    try:
+        os.rename(staging, final)
+        return
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    # rename() cannot replace a non-empty folder: move the old one aside first. Readers outside the
+    # lock may miss the entry in between; they then wait for the lock and look again.
+    aside = temporary_name(final)
+    os.rename(final, aside)
+    os.rename(staging, final)
+    remove_tree(aside)  # a process that has the old binary loaded keeps its mapping
+
+
+def _not_writable(root: str, error: OSError) -> CacheNotWritableError:
+    where = error.filename or root
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        fix = "free some space there (the cache can be cleared safely), or"
+    else:
+        fix = "make it writable, or"
+    return CacheNotWritableError(
+        error.errno or 0, f"cannot write to the extension cache at {where} ({error.strerror or error}): {fix} "
+        f"set CACHED_CPP_EXTENSION_BUILD_DIR (or pass build_directory=) to a writable folder; "
+        f"cache root: {root}")
 
 
 def _library_intact(path: str, record: FileRecord) -> bool:
