@@ -7,7 +7,7 @@ modules that may change.
 import logging as _logging
 
 from ._api import cached_load_torch_cpp_extension
-from ._errors import BuildError, LockTimeoutError
+from ._errors import BuildError, CacheNotWritableError, LockTimeoutError, UnsafeCacheError
 from ._flags import get_default_cpp_cflags, get_default_cuda_cflags
 from ._probe import cuda_unavailable_reason
 from ._sources import get_cpp_sources_list_from_folder
@@ -15,7 +15,9 @@ from ._version import __version__
 
 __all__ = [
     "BuildError",
+    "CacheNotWritableError",
     "LockTimeoutError",
+    "UnsafeCacheError",
     "__version__",
     "cached_load_torch_cpp_extension",
     "cuda_unavailable_reason",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -10,7 +11,7 @@ from collections.abc import Iterable
 from types import ModuleType
 
 from ._config import BuildConfig, make_config
-from ._errors import BuildError
+from ._errors import BuildError, cache_not_writable
 from ._flags import get_default_cpp_cflags, get_default_cuda_cflags
 from ._loader import import_extension, memo_get, memo_put
 from ._manifest import Manifest
@@ -21,6 +22,8 @@ from ._store import ModuleStore, sources_digest
 __all__ = ["cached_load_torch_cpp_extension"]
 
 logger = logging.getLogger("cpp_extension_tools")
+
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
 
 _thread_locks: dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
@@ -135,7 +138,7 @@ def _build_and_load(store: ModuleStore, config: BuildConfig, verbose: bool) -> M
         if module is not None:
             return module
         store.ensure_folders(config)
-        with module_lock(store.lock_path, store.owner_path, f"{config.name!r} ({store.folder})"):
+        with module_lock(store.lock_path, store.owner_path, f"{config.name!r} ({store.folder})", store.root):
             store.remove_leftovers()
             manifest, _ = store.find(config, repair=True)
             if manifest is None:
@@ -157,6 +160,11 @@ def _build_locked(store: ModuleStore, config: BuildConfig, verbose: bool,
         outcome = run_build(config, store.build_folder(config), verbose)
     except BuildError as error:
         store.write_failure(config, digest, error)
+        raise
+    except OSError as error:
+        # The build's own files (log, driver, state) go into the cache; a full disk often names no file.
+        if error.errno in _WRITE_ERRNOS or str(error.filename or "").startswith(store.root + os.sep):
+            raise cache_not_writable(error, store.root) from error
         raise
     manifest = store.publish(config, outcome.library, outcome.inputs, outcome.seconds, outcome.details)
     store.clear_failure(config)

@@ -38,6 +38,7 @@ _ERROR_LINE = re.compile(r"^(?P<where>[^\s:][^:]*:\d+(?::\d+)?): (?:fatal )?erro
                          r"undefined reference|undefined symbol|cannot find -l|ld returned|"
                          r"^nvcc fatal|error: ", re.IGNORECASE)
 _MAX_ERROR_LINES = 12
+_DISK_FULL_MESSAGES = ("No space left on device", "File too large", "Disk quota exceeded")
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,10 @@ def _build_error(name: str, result: dict[str, Any], log_path: str) -> BuildError
     headline = reason[0] if reason else "unknown error"
     if "Ninja is required" in headline:
         headline += " (install it with 'pip install ninja')"
+    full = [line for line in log_lines if any(text in line for text in _DISK_FULL_MESSAGES)]
+    if full:
+        headline += (f" -- the disk holding the build folder is full ({full[0].strip()}): free some space "
+                     "there, or set CACHED_CPP_EXTENSION_BUILD_DIR to a folder on another disk")
     body = "\n".join(errors) if errors else "\n".join(reason[1:12])
     message = f"Error building extension {name!r}: {headline}"
     if body:

@@ -8,7 +8,10 @@ it in the parent).
 
 from __future__ import annotations
 
-__all__ = ["BuildError", "CacheNotWritableError", "LockTimeoutError", "ManifestError", "UnsafeCacheError"]
+import errno
+
+__all__ = ["BuildError", "CacheNotWritableError", "LockTimeoutError", "ManifestError", "UnsafeCacheError",
+           "cache_not_writable"]
 
 
 class BuildError(RuntimeError):
@@ -69,3 +72,16 @@ class UnsafeCacheError(PermissionError):
 
 class CacheNotWritableError(OSError):
     """The cache root cannot be created or written (permissions, read-only or full file system)."""
+
+
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def cache_not_writable(error: OSError, root: str) -> CacheNotWritableError:
+    """The error for a failed write into the cache: what failed where, and what to set."""
+    where = error.filename or root
+    fix = ("free some space there (the cache can be cleared safely), or" if error.errno in _DISK_FULL
+           else "make it writable, or")
+    return CacheNotWritableError(
+        error.errno or 0, f"cannot write to the extension cache at {where} ({error.strerror or error}): {fix} "
+        f"set CACHED_CPP_EXTENSION_BUILD_DIR (or pass build_directory=) to a writable folder; cache root: {root}")

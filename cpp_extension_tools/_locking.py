@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from ._errors import CacheNotWritableError, LockTimeoutError
+from ._errors import LockTimeoutError, cache_not_writable
 from ._fsutil import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def _seconds_from_env(variable: str, default: float) -> float:
 
 
 @contextlib.contextmanager
-def module_lock(lock_path: str, owner_path: str, what: str) -> Iterator[None]:
+def module_lock(lock_path: str, owner_path: str, what: str, root: str) -> Iterator[None]:
     """Hold the lock at ``lock_path``, logging who holds it while we wait."""
     import filelock  # imported here: the warm path never takes the lock
 
@@ -63,7 +63,7 @@ def module_lock(lock_path: str, owner_path: str, what: str) -> Iterator[None]:
         raise
     except OSError as e:
         if e.errno not in _NO_LOCKS:
-            raise _not_writable(lock_path, e) from e
+            raise cache_not_writable(e, root) from e
         local_path = _host_local_lock_path(lock_path)
         # Some NFS and FUSE mounts answer flock with ENOLCK or EOPNOTSUPP (no lock daemon). Waiting
         # would never end and building unlocked would let processes overwrite each other's build,
@@ -117,12 +117,6 @@ def _host_local_lock_path(lock_path: str) -> str:
         raise PermissionError(errno.EACCES, "lock folder is not a folder of this user", folder)
     digest = hashlib.sha256(os.path.abspath(lock_path).encode()).hexdigest()[:32]
     return os.path.join(folder, f"{digest}.lock")
-
-
-def _not_writable(path: str, error: OSError) -> CacheNotWritableError:
-    return CacheNotWritableError(
-        error.errno or 0, f"cannot create or lock {path} ({error.strerror or error}): make the cache "
-        "writable, or set CACHED_CPP_EXTENSION_BUILD_DIR (or pass build_directory=) to a writable folder")
 
 
 def _write_owner(owner_path: str) -> None:

@@ -34,7 +34,7 @@ import uuid
 from typing import Any
 
 from ._config import BuildConfig
-from ._errors import BuildError, CacheNotWritableError, ManifestError
+from ._errors import BuildError, ManifestError, cache_not_writable
 from ._fsutil import TEMP_MARKER, atomic_copy, atomic_write_bytes, make_dirs, remove_tree, temporary_name
 from ._hashing import FileRecord, digest_file, digest_value, file_matches
 from ._manifest import MANIFEST_NAME, Manifest, read_manifest
@@ -87,11 +87,12 @@ class ModuleStore:
     def ensure_folders(self, config: BuildConfig) -> None:
         """Create this module's folders (cold path), refusing folders another user could tamper with."""
         for folder in (self.artifacts_folder, self.build_folder(config)):
+            check_trusted(self.root, folder)  # before: never create anything through a symlink
             try:
                 make_dirs(folder, folder_mode())
             except OSError as e:
-                raise _not_writable(self.root, e) from e
-            check_trusted(self.root, folder)
+                raise cache_not_writable(e, self.root) from e
+            check_trusted(self.root, folder)  # and after: what we found is what we made
 
     # -- lookup --------------------------------------------------------------
     def find(self, config: BuildConfig, repair: bool = False) -> tuple[Manifest | None, str]:
@@ -175,7 +176,7 @@ class ModuleStore:
             with os.scandir(self.artifacts_folder) as entries:
                 found = [(e.stat().st_mtime_ns, e.path) for e in entries
                          if e.name.startswith(prefix) and e.name != skip and TEMP_MARKER not in e.name]
-        except FileNotFoundError:
+        except OSError:  # absent or unreadable: a miss; the build path reports what is wrong
             return []
         return [path for _, path in sorted(found, reverse=True)]
 
@@ -221,7 +222,7 @@ class ModuleStore:
             _install_folder(staging, final)
         except OSError as e:
             remove_tree(staging)
-            raise _not_writable(self.root, e) from e
+            raise cache_not_writable(e, self.root) from e
         except BaseException:
             remove_tree(staging)
             raise
@@ -268,18 +269,6 @@ def _install_folder(staging: str, final: str) -> None:
     os.rename(final, aside)
     os.rename(staging, final)
     remove_tree(aside)  # a process that has the old binary loaded keeps its mapping
-
-
-def _not_writable(root: str, error: OSError) -> CacheNotWritableError:
-    where = error.filename or root
-    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        fix = "free some space there (the cache can be cleared safely), or"
-    else:
-        fix = "make it writable, or"
-    return CacheNotWritableError(
-        error.errno or 0, f"cannot write to the extension cache at {where} ({error.strerror or error}): {fix} "
-        f"set CACHED_CPP_EXTENSION_BUILD_DIR (or pass build_directory=) to a writable folder; "
-        f"cache root: {root}")
 
 
 def _library_intact(path: str, record: FileRecord) -> bool:

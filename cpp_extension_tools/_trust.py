@@ -36,6 +36,8 @@ def folder_mode() -> int:
 def check_trusted(root: str, path: str) -> None:
     """Raise UnsafeCacheError unless ``path`` and every folder between it and ``root`` are safe.
 
+    Levels that do not exist yet are skipped, so this also vets where a path would be created.
+
     ``path`` lies inside ``root``. Entries below the root must not be symlinks (a link could lead
     anywhere); the root itself may be one (a cache placed on a scratch disk) and is checked where it
     points. One lstat per level: this runs on every warm load.
@@ -45,18 +47,18 @@ def check_trusted(root: str, path: str) -> None:
     while True:
         is_root = current == root
         try:
-            info = os.stat(current) if is_root else os.lstat(current)
-        except FileNotFoundError:
-            return  # nothing there to trust or distrust; the caller's own check reports it missing
-        problem = _problem(info, shared)
-        if problem is None and not is_root and stat.S_ISLNK(info.st_mode):
-            problem = "is a symbolic link"
+            info: os.stat_result | None = os.stat(current) if is_root else os.lstat(current)
+        except (FileNotFoundError, NotADirectoryError):
+            info = None  # not created yet, or cannot be (creating it reports why); the parents still count
+        if info is not None and not is_root and stat.S_ISLNK(info.st_mode):  # a link's own mode is 0777
+            raise UnsafeCacheError(_message(current, "is a symbolic link", path))
+        problem = _problem(info, shared) if info is not None else None
         if problem is not None:
             raise UnsafeCacheError(_message(current, problem, path))
         if is_root:
             return
         parent = os.path.dirname(current)
-        if parent == current or not parent.startswith(root):
+        if parent != root and not parent.startswith(root + os.sep):
             raise UnsafeCacheError(f"{path} is not inside the cache root {root}")
         current = parent
 
