@@ -447,9 +447,17 @@ def test_sources_with_the_same_file_name_in_different_folders(tmp_path: Path, co
         "#include <Python.h>\nint util_a(void); int util_b(void); int util_c(void); int util_cpp(void);\n"
         "PyObject *answer(PyObject *self, PyObject *unused) { (void)self; (void)unused;\n"
         "  return PyLong_FromLong(util_a() * 1000 + util_b() * 100 + util_c() * 10 + util_cpp()); }\n")
-    utils = [str(tmp_path / f / n) for f, n in (("a", "util.c"), ("b", "util.c"), ("c", "util.c"), ("c", "util.cpp"))]
+    # Given with ".." components: still read in place, and nothing is written beside them.
+    utils = [str(tmp_path / "src" / ".." / f / n)
+             for f, n in (("a", "util.c"), ("b", "util.c"), ("c", "util.c"), ("c", "util.cpp"))]
+    def outside_the_cache() -> set[Path]:
+        return {p for p in tmp_path.rglob("*") if p != cache_root and cache_root not in p.parents
+                and "compilers" not in p.parts}
+
+    before = outside_the_cache()
     assert load(sources + utils).answer() == 1234
     assert len(compilers.compiles()) == len(sources) + 4
+    assert outside_the_cache() == before, "the build wrote outside the cache root"
     # Editing one of them recompiles that one only, and the binary sees the edit.
     compilers.reset()
     (tmp_path / "b" / "util.c").write_text("int util_b(void) { return 5; }\n")
