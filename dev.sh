@@ -22,11 +22,11 @@ make_venv() {  # folder, torch requirement, extra packages...
 
 case "${1:-}" in
 demo)
-    make_venv .venv "$CPU_TORCH" pytest xxhash numpy hypothesis ruff mypy
+    make_venv .venv "$CPU_TORCH" pytest xxhash numpy hypothesis ruff mypy matplotlib
     CACHED_CPP_EXTENSION_BUILD_DIR=${CACHED_CPP_EXTENSION_BUILD_DIR:-$(mktemp -d)} .venv/bin/python -m example_package
     ;;
 test)
-    make_venv .venv "$CPU_TORCH" pytest xxhash numpy hypothesis ruff mypy
+    make_venv .venv "$CPU_TORCH" pytest xxhash numpy hypothesis ruff mypy matplotlib
     .venv/bin/ruff check cpp_extension_tools example_package tests bench setup.py
     .venv/bin/mypy
     .venv/bin/python -m pytest tests -p no:cacheprovider

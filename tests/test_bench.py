@@ -1,0 +1,40 @@
+"""`python -m bench --quick` runs every scenario and writes its files (timings are not tested here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+SCENARIOS = {"cold build", "warm load", "warm load + import", "import overhead", "spawn fan-out, cold",
+             "spawn fan-out, warm", "edit one source", "branch switch", "header edit", "scaling: sources",
+             "scaling: artifacts", "kernel: hash_strings", "kernel: hash_ids"}
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_json_markdown_and_plots(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    completed = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=REPO,
+                               capture_output=True, text=True, timeout=1200)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    rows = report["rows"]
+    assert {r["scenario"] for r in rows} == SCENARIOS
+    for r in rows:
+        assert r["ours"], r["scenario"]
+        assert all(isinstance(v, (int, float)) and v >= 0 for v in r["ours"] + r["torch"]), r
+    by_name = {r["scenario"]: r for r in rows}
+    # The counts the suite measures with its logging compilers, checked where they are exact.
+    assert by_name["branch switch"]["ours"] == [0]
+    assert by_name["header edit"]["notes"]["rebuilt_exactly_the_dependents"]["ours"] == [True]
+    assert by_name["edit one source"]["notes"]["compiles_and_links"]["ours"] == [[1, 1]]
+    assert set(by_name["spawn fan-out, cold"]["notes"]["compiles"]["ours"]) == {report["settings"]["n_sources"]}
+    table = (out / "results.md").read_text()
+    assert all(f"| {name} |" in table for name in SCENARIOS)
+    for plot in ("scenarios.png", "scaling.png"):
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
