@@ -49,8 +49,9 @@ def _cell(stats: dict[str, float] | None, unit: str) -> str:
 
 def markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     lines = [f"Medians (min-max) of {settings['repeat']} repetitions, each in fresh processes"
-             f"{' (--quick)' if settings['quick'] else ''}. \"ratio\" is torch's median over ours.", "",
-             "| scenario | what | unit | ours | torch | ratio | target | met |",
+             f"{' (--quick)' if settings['quick'] else ''}. \"ratio\" is the reference's median over ours; the "
+             "reference is torch.utils.cpp_extension.load, or for kernels the baseline the row names.", "",
+             "| scenario | what | unit | ours | torch / reference | ratio | target | met |",
              "|---|---|---|---|---|---|---|---|"]
     for r in summarize(rows):
         ratio = f"{r['torch_over_ours']:.1f}x" if r["torch_over_ours"] else "-"

@@ -8,11 +8,12 @@ process may, to learn the GPUs' architectures), never changes its own
 environment, and never has the build folder's copy of the binary loaded.
 
 The worker dies with its parent: a build whose requester was killed stops,
-together with ninja and the compilers (they share this process group).
+together with ninja and the compilers (they share this process's session).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,12 +28,50 @@ import traceback
 from typing import Any
 
 
+def kill_session(session: int) -> None:
+    """SIGKILL every process of ``session`` but the caller: the build worker, ninja and the compilers.
+
+    Not a process group: ninja starts each command in a group of its own, so killpg() of the
+    worker's group left compilers running, which could then overwrite an object file of the next
+    build with one compiled from the old source (found by tests/test_reliability_processes.py).
+    They all stay in the worker's session, which the library starts for it.
+    """
+    me = os.getpid()
+    if os.path.isdir("/proc"):
+        for _ in range(50):  # a process may fork while we look: look again until none is left
+            members = [pid for pid in _live_session_members(session) if pid != me]
+            if not members:
+                break
+            for pid in members:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+    if os.getpgid(0) != session:  # without /proc, the worker's own group is all we can reach
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(session, signal.SIGKILL)
+
+
+def _live_session_members(session: int) -> list[int]:
+    members = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+            fields = data[data.rfind(b")") + 2:].split()  # the command name may hold spaces
+            state, sid = fields[0], int(fields[3])
+        except (OSError, ValueError, IndexError):
+            continue
+        if sid == session and state not in (b"Z", b"X"):  # zombies are dead, waiting to be reaped
+            members.append(int(name))
+    return members
+
+
 def _die_with_parent(parent_pid: int) -> None:
     def stop_group(signum: int, frame: object) -> None:
-        # The parent starts us in a session of our own, so this group is
-        # exactly us, ninja and the compilers; never signal a group we do not lead.
-        if os.getpgid(0) == os.getpid():
-            os.killpg(os.getpid(), signal.SIGKILL)
+        # The parent starts us in a session of our own; never signal a session we do not lead.
+        if os.getsid(0) == os.getpid():
+            kill_session(os.getpid())
         os._exit(1)
 
     signal.signal(signal.SIGTERM, stop_group)

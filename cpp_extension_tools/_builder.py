@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -217,10 +216,11 @@ def _log_progress(line: str, verbose: bool) -> None:
 
 
 def _stop_worker(process: subprocess.Popen[str]) -> None:
-    """Stop the worker and everything it started (its own process group)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(Exception):
+    """Stop the worker and everything it started (the session it leads: ninja, the compilers)."""
+    from ._build_worker import kill_session
+
+    kill_session(process.pid)
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=10)
 
 
