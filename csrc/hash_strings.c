@@ -115,62 +115,38 @@ static Py_ssize_t encode_ucs1(const void *text, Py_ssize_t length, uint8_t *out)
     return p - out;
 }
 
-/* UCS-2 and UCS-4 text (a str's 2- and 4-byte kinds, numpy's str_ cells). Units are loaded with memcpy
- * because numpy cells may be unaligned (a plain load for str data). Runs of ASCII are tested and packed
- * a 64-bit word at a time (4 or 2 units). Each returns the byte count, or -1 if a code point cannot be
- * encoded (a lone surrogate, a value above U+10FFFF). */
-static Py_ssize_t encode_ucs2(const void *text, Py_ssize_t length, uint8_t *out)
+/* UCS-2 or UCS-4 text (a str's 2- and 4-byte kinds, numpy's str_ cells); unit_size is 2 or 4, a
+ * constant at each call, so the compiler specializes the loops. Units are loaded with memcpy because
+ * numpy cells may be unaligned (a plain load for str data; little-endian, as everywhere in this module).
+ * Runs of ASCII are tested and packed a 64-bit word (4 or 2 units) at a time. Returns the byte count,
+ * or -1 if a code point cannot be encoded (a lone surrogate, a value above U+10FFFF). */
+static inline Py_ssize_t encode_wide(const void *text, Py_ssize_t length, uint8_t *out, int unit_size)
 {
     const char *units = text;
+    const int per_word = 8 / unit_size;
+    const int unit_bits = 8 * unit_size;
+    const uint64_t unit_mask = unit_size == 2 ? UINT64_C(0xFFFF) : UINT64_C(0xFFFFFFFF);
+    const uint64_t non_ascii = unit_size == 2 ? UINT64_C(0xFF80FF80FF80FF80) : UINT64_C(0xFFFFFF80FFFFFF80);
     uint8_t *p = out;
     uint32_t invalid = 0;
     Py_ssize_t i = 0;
-    for (; i + 4 <= length; i += 4) {
+    for (; i + per_word <= length; i += per_word) {
         uint64_t word;
-        memcpy(&word, units + 2 * i, 8);
-        if ((word & UINT64_C(0xFF80FF80FF80FF80)) == 0) {
-            uint32_t packed = (uint32_t)((word & 0xFF) | ((word >> 8) & 0xFF00) | ((word >> 16) & 0xFF0000) |
-                                         ((word >> 24) & 0xFF000000));
-            memcpy(p, &packed, 4);
-            p += 4;
+        memcpy(&word, units + unit_size * i, 8);
+        if ((word & non_ascii) == 0) {
+            for (int k = 0; k < per_word; k++) {
+                p[k] = (uint8_t)(word >> (unit_bits * k));
+            }
+            p += per_word;
             continue;
         }
-        for (int k = 0; k < 4; k++) {
-            uint32_t c = (uint32_t)(word >> (16 * k)) & 0xFFFF;
-            p = put_code_point(c, p, &invalid);
+        for (int k = 0; k < per_word; k++) {
+            p = put_code_point((uint32_t)((word >> (unit_bits * k)) & unit_mask), p, &invalid);
         }
     }
     for (; i < length; i++) {
-        Py_UCS2 c;
-        memcpy(&c, units + 2 * i, 2);
-        p = put_code_point(c, p, &invalid);
-    }
-    return invalid ? -1 : p - out;
-}
-
-static Py_ssize_t encode_ucs4(const void *text, Py_ssize_t length, uint8_t *out)
-{
-    const char *units = text;
-    uint8_t *p = out;
-    uint32_t invalid = 0;
-    Py_ssize_t i = 0;
-    for (; i + 2 <= length; i += 2) {
-        uint64_t word;
-        memcpy(&word, units + 4 * i, 8);
-        if ((word & UINT64_C(0xFFFFFF80FFFFFF80)) == 0) {
-            p[0] = (uint8_t)word;
-            p[1] = (uint8_t)(word >> 32);
-            p += 2;
-            continue;
-        }
-        for (int k = 0; k < 2; k++) {
-            uint32_t c = (uint32_t)(word >> (32 * k));
-            p = put_code_point(c, p, &invalid);
-        }
-    }
-    if (i < length) {
-        Py_UCS4 c;
-        memcpy(&c, units + 4 * i, 4);
+        uint32_t c = 0;
+        memcpy(&c, units + unit_size * i, (size_t)unit_size);
         p = put_code_point(c, p, &invalid);
     }
     return invalid ? -1 : p - out;
@@ -187,9 +163,9 @@ static Py_ssize_t encode_units(int unit_size, const void *text, Py_ssize_t lengt
     case 1:
         return encode_ucs1(text, length, scratch->data);
     case 2:
-        return encode_ucs2(text, length, scratch->data);
+        return encode_wide(text, length, scratch->data, 2);
     default:
-        return encode_ucs4(text, length, scratch->data);
+        return encode_wide(text, length, scratch->data, 4);
     }
 }
 
