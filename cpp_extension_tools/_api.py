@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sys
@@ -11,7 +10,7 @@ from collections.abc import Iterable
 from types import ModuleType
 
 from ._config import BuildConfig, make_config
-from ._errors import BuildError, cache_not_writable
+from ._errors import BuildError, cache_not_writable, is_cache_write_error
 from ._flags import get_default_cpp_cflags, get_default_cuda_cflags
 from ._loader import import_extension, memo_get, memo_put
 from ._manifest import Manifest
@@ -22,8 +21,6 @@ from ._store import ModuleStore, sources_digest
 __all__ = ["cached_load_torch_cpp_extension"]
 
 logger = logging.getLogger("cpp_extension_tools")
-
-_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
 
 _thread_locks: dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
@@ -162,8 +159,7 @@ def _build_locked(store: ModuleStore, config: BuildConfig, verbose: bool,
         store.write_failure(config, digest, error)
         raise
     except OSError as error:
-        # The build's own files (log, driver, state) go into the cache; a full disk often names no file.
-        if error.errno in _WRITE_ERRNOS or str(error.filename or "").startswith(store.root + os.sep):
+        if is_cache_write_error(error, store.root):  # the build's own files (log, driver, state)
             raise cache_not_writable(error, store.root) from error
         raise
     manifest = store.publish(config, outcome.library, outcome.inputs, outcome.seconds, outcome.details)

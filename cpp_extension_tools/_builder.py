@@ -22,7 +22,7 @@ from typing import Any
 from . import _probe
 from ._config import BuildConfig
 from ._driver import write_driver
-from ._errors import BuildError
+from ._errors import DISK_FULL_ERRNOS, BuildError
 from ._fsutil import atomic_write_bytes, make_dirs
 from ._hashing import FileRecord, digest_file, record_file
 from ._trust import folder_mode
@@ -37,7 +37,8 @@ _ERROR_LINE = re.compile(r"^(?P<where>[^\s:][^:]*:\d+(?::\d+)?): (?:fatal )?erro
                          r"undefined reference|undefined symbol|cannot find -l|ld returned|"
                          r"^nvcc fatal|error: ", re.IGNORECASE)
 _MAX_ERROR_LINES = 12
-_DISK_FULL_MESSAGES = ("No space left on device", "File too large", "Disk quota exceeded")
+# What compilers print for those errnos (strerror): "No space left on device", ...
+_DISK_FULL_MESSAGES = tuple(os.strerror(code) for code in DISK_FULL_ERRNOS)
 
 
 @dataclass(frozen=True)

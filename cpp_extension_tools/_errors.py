@@ -9,9 +9,10 @@ it in the parent).
 from __future__ import annotations
 
 import errno
+import os
 
-__all__ = ["BuildError", "CacheNotWritableError", "LockTimeoutError", "ManifestError", "UnsafeCacheError",
-           "cache_not_writable"]
+__all__ = ["DISK_FULL_ERRNOS", "BuildError", "CacheNotWritableError", "LockTimeoutError", "ManifestError",
+           "UnsafeCacheError", "cache_not_writable", "is_cache_write_error"]
 
 
 class BuildError(RuntimeError):
@@ -74,13 +75,19 @@ class CacheNotWritableError(OSError):
     """The cache root cannot be created or written (permissions, read-only or full file system)."""
 
 
-_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_NOT_WRITABLE_ERRNOS = DISK_FULL_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def is_cache_write_error(error: OSError, root: str) -> bool:
+    """Whether ``error`` is a failed write into the cache (a full disk often names no file)."""
+    return error.errno in _NOT_WRITABLE_ERRNOS or str(error.filename or "").startswith(root + os.sep)
 
 
 def cache_not_writable(error: OSError, root: str) -> CacheNotWritableError:
     """The error for a failed write into the cache: what failed where, and what to set."""
     where = error.filename or root
-    fix = ("free some space there (the cache can be cleared safely), or" if error.errno in _DISK_FULL
+    fix = ("free some space there (the cache can be cleared safely), or" if error.errno in DISK_FULL_ERRNOS
            else "make it writable, or")
     return CacheNotWritableError(
         error.errno or 0, f"cannot write to the extension cache at {where} ({error.strerror or error}): {fix} "
