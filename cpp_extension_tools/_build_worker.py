@@ -1,14 +1,19 @@
-"""Build worker: runs torch.utils.cpp_extension.load in a process of its own.
+"""Build worker: runs ninja, or torch.utils.cpp_extension.load, in a process of its own.
 
-Run as ``python _build_worker.py SPEC.json`` by the library (never imported by
-it): it depends on nothing but the standard library and torch, so it works
-whatever the parent's sys.path. A separate process means the parent never
-imports setuptools or torch.utils.cpp_extension, never initializes CUDA (this
-process may, to learn the GPUs' architectures), never changes its own
-environment, and never has the build folder's copy of the binary loaded.
+Run as ``python _build_worker.py SPEC.json RESULT.json PARENT_PID`` by the
+library: it depends on nothing but the standard library (and torch, in the
+second mode), so it works whatever the parent's sys.path.
 
-The worker dies with its parent: a build whose requester was killed stops,
-together with ninja and the compilers (they share this process's session).
+- ``ninja_only``: the library wrote build.ninja already (CPU builds, see
+  _ninja_file.py); this process runs ``ninja`` and imports nothing of torch, so
+  a build costs the compilers' time and ~40 ms more.
+- otherwise (CUDA builds, or a torch whose ninja file generator is not as
+  expected) it calls torch's load(). Then it is this process, not the
+  caller, that initializes CUDA (to learn the GPUs' architectures) and has the
+  build folder's copy of the binary loaded.
+
+Either way the worker dies with its parent: a build whose requester was killed
+stops, together with ninja and the compilers (they share this process's session).
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -95,24 +99,6 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _ensure_ninja_on_path() -> None:
-    # torch looks for "ninja" on PATH; a virtual environment used without being
-    # activated has it next to the interpreter or in the ninja package only.
-    if shutil.which("ninja"):
-        return
-    candidates = [os.path.dirname(sys.executable)]
-    try:
-        import ninja
-
-        candidates.append(ninja.BIN_DIR)
-    except (ImportError, AttributeError):
-        pass
-    for folder in candidates:
-        if os.path.exists(os.path.join(folder, "ninja")):
-            os.environ["PATH"] = folder + os.pathsep + os.environ.get("PATH", "")
-            return
-
-
 def _resolve_cuda_arch_list() -> str:
     """TORCH_CUDA_ARCH_LIST, else the visible GPUs' capabilities, else the archs torch was built for."""
     import torch
@@ -170,7 +156,7 @@ def _object_name(source: str) -> str:
     return stem + (".cuda.o" if extension == ".cu" else ".o")
 
 
-def _with_unique_object_names(sources: list[str], build_directory: str) -> list[str]:
+def with_unique_object_names(sources: list[str], build_directory: str) -> list[str]:
     """Sources whose object names would collide are compiled through a one-line stand-in.
 
     The stand-in (renamed_sources/util-2.c) #includes the real file by its absolute path, so the
@@ -240,22 +226,24 @@ def _version_line(command: list[str]) -> str:
     return lines[-2] if "nvcc" in command[0] and len(lines) > 1 else lines[0]
 
 
+def _run_ninja(build_directory: str, name: str) -> None:
+    """What torch's _run_ninja_build does, output included; the error names the extension like torch's."""
+    command = ["ninja", "-v"]
+    if os.environ.get("MAX_JOBS"):  # torch's knob for the number of parallel compilers
+        command += ["-j", os.environ["MAX_JOBS"]]
+    sys.stdout.flush()
+    returncode = subprocess.run(command, cwd=build_directory, stderr=subprocess.STDOUT, check=False).returncode
+    if returncode != 0:
+        raise RuntimeError(f"Error building extension '{name}' (ninja exit status {returncode})")
+
+
 def build(spec: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {"ok": False}
     try:
-        _ensure_ninja_on_path()
-        cuda_cflags = list(spec["cuda_cflags"])
-        if spec["with_cuda"]:
-            os.environ["TORCH_CUDA_ARCH_LIST"] = result["cuda_arch_list"] = _resolve_cuda_arch_list()
-            cuda_cflags += _device_arch_flags(cuda_cflags, result["cuda_arch_list"])
-        import torch.utils.cpp_extension as cpp_extension
-
-        cpp_extension.load(
-            name=spec["name"], sources=_with_unique_object_names(spec["sources"], spec["build_directory"]),
-            extra_cflags=spec["cflags"],
-            extra_cuda_cflags=cuda_cflags, extra_ldflags=spec["ldflags"],
-            extra_include_paths=spec["include_paths"], build_directory=spec["build_directory"],
-            verbose=True, with_cuda=spec["with_cuda"], is_python_module=False)
+        if spec.get("ninja_only"):
+            _run_ninja(spec["build_directory"], spec["name"])
+        else:
+            _build_with_torch(spec, result)
         result["ok"] = True
     except Exception as error:  # reported to the parent, which raises BuildError
         result["error"] = str(error)
@@ -264,6 +252,21 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
     result["deps"] = _ninja_deps(spec["build_directory"])
     result["compiler_versions"] = {role: _version_line(words) for role, words in spec["compilers"].items()}
     return result
+
+
+def _build_with_torch(spec: dict[str, Any], result: dict[str, Any]) -> None:
+    cuda_cflags = list(spec["cuda_cflags"])
+    if spec["with_cuda"]:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = result["cuda_arch_list"] = _resolve_cuda_arch_list()
+        cuda_cflags += _device_arch_flags(cuda_cflags, result["cuda_arch_list"])
+    import torch.utils.cpp_extension as cpp_extension
+
+    cpp_extension.load(
+        name=spec["name"], sources=with_unique_object_names(spec["sources"], spec["build_directory"]),
+        extra_cflags=spec["cflags"],
+        extra_cuda_cflags=cuda_cflags, extra_ldflags=spec["ldflags"],
+        extra_include_paths=spec["include_paths"], build_directory=spec["build_directory"],
+        verbose=True, with_cuda=spec["with_cuda"], is_python_module=False)
 
 
 def main() -> int:

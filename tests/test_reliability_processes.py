@@ -378,6 +378,8 @@ def _run_trial(number: int, phase: str, mode: str, target: str, offset: float, t
                 "link:after": {"LINK_DELAY": "30"}}.get(target, {}))
     if phase == "publishing":
         env["PUBLISH_DELAY"] = "0.4"
+    if phase == "lock_held":  # the build after the lock is otherwise over in a fraction of a second
+        env["COMPILE_DELAY"] = "2"
     module_folder = cache_root / KILL_NAME
     holder = None
     if phase == "lock_wait":  # another process holds the lock (this one)

@@ -1,0 +1,115 @@
+"""Writes build.ninja for a CPU build in this process, so the build worker need not import torch.
+
+torch's load() writes the ninja file and then runs ninja; in the build worker
+that meant importing torch first, a fixed ~2 s on a 2-core machine that every
+build and every one-file rebuild paid (issue 5). Here the file is written by
+torch's own generator in the calling process, which has imported torch
+already, and the worker only runs ninja. The generator functions are private
+to torch: if their signature or output changes, this module says so in the
+debug log and the caller falls back to the worker running torch's load().
+
+CUDA builds always take that fallback: generating their flags may query the
+GPUs, which would initialize CUDA in the caller (and break fork-based
+DataLoader workers started later).
+
+The file is written once per build folder and reused by later builds there (an
+edited source), as long as everything it was generated from is unchanged; a
+rebuild then imports nothing of torch.utils.cpp_extension at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shlex
+import sysconfig
+from typing import Any
+
+from ._config import BuildConfig
+from ._fsutil import atomic_write_bytes
+
+__all__ = ["NINJA_FILE", "prepare_ninja_file"]
+
+logger = logging.getLogger("cpp_extension_tools")
+
+NINJA_FILE = "build.ninja"
+_RECORD_FILE = "cpp_extension_tools_ninja.json"
+
+
+def prepare_ninja_file(config: BuildConfig, build_folder: str, sources: list[str], driver: str) -> bool:
+    """Make ``build_folder/build.ninja`` ready for ``ninja``; False when the worker must write it."""
+    if config.with_cuda:
+        return False
+    inputs = _generator_inputs(config, sources, driver)
+    path = os.path.join(build_folder, NINJA_FILE)
+    if _recorded_inputs(build_folder) == inputs and os.path.isfile(path):
+        return True
+    text = _generate(config, sources, driver, build_folder)
+    if text is None:
+        return False
+    # The record goes last: a build killed in between leaves a file that is regenerated next time.
+    record = os.path.join(build_folder, _RECORD_FILE)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(record)
+    atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(record, json.dumps(inputs, sort_keys=True).encode())
+    return True
+
+
+def _generator_inputs(config: BuildConfig, sources: list[str], driver: str) -> dict[str, Any]:
+    """Everything the generated text depends on (the configuration key does not cover paths)."""
+    import torch
+
+    return {
+        "name": config.name, "sources": sources, "cflags": list(config.cflags),
+        "ldflags": list(config.ldflags), "include_paths": list(config.include_paths), "driver": driver,
+        "torch": [torch.__version__, os.path.dirname(torch.__file__)],
+        "python_include": sysconfig.get_path("include", scheme="posix_prefix"),
+    }
+
+
+def _recorded_inputs(build_folder: str) -> Any:
+    try:
+        with open(os.path.join(build_folder, _RECORD_FILE), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _generate(config: BuildConfig, sources: list[str], driver: str, build_folder: str) -> str | None:
+    """The text torch's load() would write with CXX=driver, or None if torch's generator is not as expected."""
+    import torch.utils.cpp_extension as cpp_extension
+
+    scratch = os.path.join(build_folder, f"{NINJA_FILE}.generated-{os.getpid()}")
+    try:
+        ldflags = cpp_extension._prepare_ldflags(  # type: ignore[no-untyped-call]
+            list(config.ldflags), False, False, False, False)
+        cpp_extension._write_ninja_file_to_build_library(
+            path=scratch, name=config.name, sources=sources, extra_cflags=list(config.cflags),
+            extra_cuda_cflags=[], extra_sycl_cflags=[], extra_ldflags=ldflags,
+            extra_include_paths=list(config.include_paths), with_cuda=False, with_sycl=False,
+            is_standalone=False)
+        with open(scratch, encoding="utf-8") as f:
+            text = f.read()
+    except (AttributeError, TypeError) as error:  # torch renamed or re-signed its private functions
+        logger.debug("torch's ninja file generator is not as expected (%s): the build worker runs load()", error)
+        return None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(scratch)
+    return _with_compiler(text, driver)
+
+
+def _with_compiler(text: str, driver: str) -> str | None:
+    # torch writes `cxx = <$CXX, maybe behind ccache>`; the driver replaces it, which is what
+    # setting CXX=driver and TORCH_NO_COMPILER_WRAPPER=1 does for the worker's load().
+    lines = text.splitlines(keepends=True)
+    compiler_lines = [i for i, line in enumerate(lines) if line.startswith("cxx = ")]
+    if len(compiler_lines) != 1:
+        logger.debug("torch's ninja file has %d 'cxx =' lines, expected 1: the build worker runs load()",
+                     len(compiler_lines))
+        return None
+    lines[compiler_lines[0]] = f"cxx = {shlex.quote(driver)}\n"
+    return "".join(lines)
