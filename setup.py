@@ -37,4 +37,5 @@ setup(
         "filelock",  # OS-level locks released by the kernel when a builder dies
     ],
     cmdclass={"build_py": BuildPyWithCsrc},
+    entry_points={"console_scripts": ["cpp-extension-tools = cpp_extension_tools._cli:main"]},
 )

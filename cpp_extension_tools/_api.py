@@ -66,8 +66,16 @@ def cached_load_torch_cpp_extension(
     manifest, reason = store.find(config)
     if manifest is not None:
         log("%s: cache hit, artifact %s", config.name, manifest.artifact_id)
-        return _load(store, config, manifest)
-    log("%s: cache miss (%s)", config.name, reason)
+        try:
+            return _load(store, config, manifest)
+        except ImportError:
+            if os.path.exists(store.library_path(manifest)):
+                raise
+            # Pruned (or cleared) between the lookup and the dlopen: look again under the lock,
+            # which pruning holds while it deletes.
+            log("%s: artifact %s was removed while loading; looking again", config.name, manifest.artifact_id)
+    else:
+        log("%s: cache miss (%s)", config.name, reason)
     return _build_and_load(store, config, verbose)
 
 
@@ -116,6 +124,7 @@ def _require_cuda_toolchain(name: str) -> None:
 def _load(store: ModuleStore, config: BuildConfig, manifest: Manifest) -> ModuleType:
     module = import_extension(config.name, store.library_path(manifest))
     memo_put(store.folder, config.key, module, manifest)
+    store.note_use(manifest)
     return module
 
 
@@ -140,7 +149,7 @@ def _build_and_load(store: ModuleStore, config: BuildConfig, verbose: bool) -> M
             manifest, _ = store.find(config, repair=True)
             if manifest is None:
                 manifest = _build_locked(store, config, verbose, failure_before)
-        return _load(store, config, manifest)
+            return _load(store, config, manifest)  # under the lock: pruning cannot remove it meanwhile
 
 
 def _build_locked(store: ModuleStore, config: BuildConfig, verbose: bool,
@@ -164,7 +173,29 @@ def _build_locked(store: ModuleStore, config: BuildConfig, verbose: bool,
         raise
     manifest = store.publish(config, outcome.library, outcome.inputs, outcome.seconds, outcome.details)
     store.clear_failure(config)
+    _prune_after_build(store, config, manifest)
     return manifest
+
+
+def _prune_after_build(store: ModuleStore, config: BuildConfig, manifest: Manifest) -> None:
+    """Keep the cache under CACHED_CPP_EXTENSION_MAX_SIZE, if set; never fails the build."""
+    from ._prune import MAX_SIZE_ENV, max_size_from_env, prune
+
+    try:
+        max_size = max_size_from_env()
+    except ValueError as error:
+        logger.warning("%s; the cache is not pruned", error)
+        return
+    if max_size is None:
+        return
+    try:
+        report = prune(store.root, max_size=max_size, held_module=store.name,
+                       protect={manifest.artifact_id, config.short_key})
+    except OSError as error:
+        logger.warning("pruning the cache to %s=%s failed: %s", MAX_SIZE_ENV, os.environ.get(MAX_SIZE_ENV), error)
+        return
+    if report.removed:
+        logger.info("%s: pruned %s", config.name, report.summary())
 
 
 _verbose_handler: logging.Handler | None = None

@@ -14,7 +14,8 @@ import shutil
 import uuid
 from collections.abc import Iterator
 
-__all__ = ["TEMP_MARKER", "atomic_copy", "atomic_write_bytes", "make_dirs", "remove_tree", "temporary_name"]
+__all__ = ["TEMP_MARKER", "atomic_copy", "atomic_write_bytes", "make_dirs", "remove_tree", "temporary_name",
+           "tree_size"]
 
 # Every temporary file carries this marker so leftovers of a killed writer can
 # be recognized (and are never mistaken for real entries).
@@ -85,3 +86,27 @@ def remove_tree(path: str) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+def tree_size(path: str) -> int:
+    """Bytes of every file and symlink under ``path`` (lstat; links are not followed; unreadable folders count 0)."""
+    total = 0
+    pending = [path]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                    else:
+                        total += _lstat_size(entry)
+        except OSError:
+            continue
+    return total
+
+
+def _lstat_size(entry: os.DirEntry[str]) -> int:
+    try:
+        return entry.stat(follow_symlinks=False).st_size
+    except OSError:  # removed while walking
+        return 0

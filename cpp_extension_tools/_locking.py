@@ -52,13 +52,17 @@ def _seconds_from_env(variable: str, default: float) -> float:
 
 
 @contextlib.contextmanager
-def module_lock(lock_path: str, owner_path: str, what: str, root: str) -> Iterator[None]:
-    """Hold the lock at ``lock_path``, logging who holds it while we wait."""
+def module_lock(lock_path: str, owner_path: str, what: str, root: str,
+                timeout: float | None = None) -> Iterator[None]:
+    """Hold the lock at ``lock_path``, logging who holds it while we wait.
+
+    ``timeout`` (seconds; 0 tries once) overrides CACHED_CPP_EXTENSION_LOCK_TIMEOUT.
+    """
     import filelock  # imported here: the warm path never takes the lock
 
     lock = filelock.FileLock(lock_path, mode=0o600)
     try:
-        _acquire(lock, lock_path, owner_path, what)
+        _acquire(lock, lock_path, owner_path, what, timeout)
     except LockTimeoutError:  # a TimeoutError, hence an OSError too
         raise
     except OSError as e:
@@ -73,7 +77,7 @@ def module_lock(lock_path: str, owner_path: str, what: str, root: str) -> Iterat
                        "this cache are not coordinated: put the cache on a local disk, or build it once "
                        "before starting them.", lock_path, os.strerror(e.errno or 0), what, local_path)
         lock = filelock.FileLock(local_path, mode=0o600)
-        _acquire(lock, local_path, owner_path, what)
+        _acquire(lock, local_path, owner_path, what, timeout)
     try:
         _write_owner(owner_path)
         yield
@@ -87,10 +91,12 @@ def module_lock(lock_path: str, owner_path: str, what: str, root: str) -> Iterat
 _NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
 
 
-def _acquire(lock: filelock.BaseFileLock, lock_path: str, owner_path: str, what: str) -> None:
+def _acquire(lock: filelock.BaseFileLock, lock_path: str, owner_path: str, what: str,
+             timeout: float | None) -> None:
     import filelock
 
-    timeout = _seconds_from_env(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT)
+    if timeout is None:
+        timeout = _seconds_from_env(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT)
     interval = _seconds_from_env(LOCK_LOG_INTERVAL_ENV, DEFAULT_LOG_INTERVAL)
     started = time.monotonic()
     while True:

@@ -7,6 +7,9 @@
         artifacts/<key16>-<content16>/
             <name>.so           the binary, written first
             manifest.json       the commit marker, written last
+            last-used           its mtime: when the artifact was last loaded (for pruning);
+                                touched at most once an hour, the only file ever
+                                written after publication
         artifacts/<id>.tmp-<pid>-<random>/   an artifact being published; renamed to
                                 <id> once complete, so a folder without its
                                 manifest is always damage, never work in progress
@@ -40,9 +43,15 @@ from ._hashing import FileRecord, digest_file, digest_value, file_matches
 from ._manifest import MANIFEST_NAME, Manifest, read_manifest
 from ._trust import check_trusted, folder_mode
 
-__all__ = ["FailureRecord", "ModuleStore", "sources_digest"]
+__all__ = ["LAST_USED_FILE", "FailureRecord", "ModuleStore", "last_used", "note_use", "sources_digest"]
 
 logger = logging.getLogger("cpp_extension_tools")
+
+LAST_USED_FILE = "last-used"
+# Warm loads write nothing but this stamp, and only when it is older than this: LRU pruning
+# needs the hour a binary was last used, not the millisecond, and a write per load would cost
+# more than the load (and wake up a network file system).
+USE_STAMP_INTERVAL = 3600.0
 
 
 class FailureRecord:
@@ -156,7 +165,8 @@ class ModuleStore:
         the lock; its temporary files live for milliseconds, so only old ones are deleted.
         """
         now = time.time()
-        for folder, min_age in ((self.artifacts_folder, 0.0), (self.folder, 600.0)):
+        builds = os.path.join(self.folder, "builds")  # build folders pruning had renamed to delete
+        for folder, min_age in ((self.artifacts_folder, 0.0), (builds, 0.0), (self.folder, 600.0)):
             try:
                 with os.scandir(folder) as entries:
                     leftovers = [e.path for e in entries if TEMP_MARKER in e.name
@@ -169,6 +179,9 @@ class ModuleStore:
 
     def library_path(self, manifest: Manifest) -> str:
         return os.path.join(self.artifacts_folder, manifest.artifact_id, manifest.library_file)
+
+    def note_use(self, manifest: Manifest) -> None:
+        note_use(os.path.join(self.artifacts_folder, manifest.artifact_id), manifest.created_at)
 
     def _candidate_folders(self, config: BuildConfig, skip: str | None) -> list[str]:
         prefix = config.short_key + "-"
@@ -285,6 +298,27 @@ def _library_intact(path: str, record: FileRecord) -> bool:
         return digest_file(path) == record.sha256
     except OSError:
         return False
+
+
+def last_used(artifact_folder: str, created_at: float) -> float:
+    """When the artifact in ``artifact_folder`` was last loaded, to the hour (its creation if never)."""
+    try:
+        return max(created_at, os.stat(os.path.join(artifact_folder, LAST_USED_FILE)).st_mtime)
+    except OSError:
+        return created_at
+
+
+def note_use(artifact_folder: str, created_at: float) -> None:
+    """Record a load of the artifact: one stat, and a write at most once per USE_STAMP_INTERVAL."""
+    now = time.time()
+    if now - last_used(artifact_folder, created_at) < USE_STAMP_INTERVAL:
+        return
+    path = os.path.join(artifact_folder, LAST_USED_FILE)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+        os.utime(path)
+    except OSError as e:  # a read-only or pruned cache still loads; the artifact just looks older
+        logger.debug("could not record the use of %s: %s", artifact_folder, e)
 
 
 def sources_digest(config: BuildConfig) -> str:

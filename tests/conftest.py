@@ -93,7 +93,7 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for variable in ("CACHED_CPP_EXTENSION_BUILD_DIR", "CACHED_CPP_EXTENSION_CPU_FINGERPRINT",
                      "CACHED_CPP_EXTENSION_TORCH_IDENTITY", "CACHED_CPP_EXTENSION_PYTHON_IDENTITY",
                      "CACHED_CPP_EXTENSION_LOCK_TIMEOUT", "CACHED_CPP_EXTENSION_LOCK_LOG_INTERVAL",
-                     "COMPILE_DELAY"):
+                     "CACHED_CPP_EXTENSION_MAX_SIZE", "CACHED_CPP_EXTENSION_COMPILER_LAUNCHER", "COMPILE_DELAY"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     yield

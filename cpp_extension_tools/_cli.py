@@ -1,0 +1,379 @@
+"""The ``cpp-extension-tools`` command line: argument parsing, dispatch and output formatting.
+
+Each command is one :class:`Command` in ``COMMANDS``: its name, help text, a
+function adding its arguments and a handler ``_cmd_<name>(args) -> int``.
+Every command takes ``--json`` (also accepted before the command name): one
+JSON document on stdout for scripts; without it, aligned text for people.
+What the commands report is gathered elsewhere (_environment_info); torch is
+imported only by the commands that need it, so ``--help`` stays fast.
+
+Exit status: 0 success, 1 failure (a :class:`CommandError`), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ._units import format_size, parse_age, parse_size
+
+__all__ = ["main"]
+
+PROG = "cpp-extension-tools"
+
+
+class CommandError(Exception):
+    """An expected failure: reported as ``cpp-extension-tools: error: <message>``, without a traceback."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    description: str
+    handler: Callable[[argparse.Namespace], int]
+    add_arguments: Callable[[argparse.ArgumentParser], None] = _no_arguments
+
+
+# -- abi ---------------------------------------------------------------------
+def _cmd_abi(args: argparse.Namespace) -> int:
+    torch = _import_torch()
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    if args.json:
+        _print_json({"cxx11_abi": abi})
+    else:
+        print(abi)
+    return 0
+
+
+# -- info --------------------------------------------------------------------
+def _cmd_info(args: argparse.Namespace) -> int:
+    _import_torch()  # fail with a clear message before gathering anything
+    from ._environment_info import gather_info
+
+    info = gather_info()
+    if args.json:
+        _print_json(info)
+    else:
+        print(_format_sections(info), end="")
+    return 0
+
+
+# What None means, by key, in the text output (the JSON keeps null).
+_NONE_TEXT = {"path": "not found", "version": "unknown", "march_native": "unknown",
+              "model_name": "unknown", "cuda": "none (CPU-only build)"}
+
+
+def _format_sections(info: dict[str, Any]) -> str:
+    sections = {name: list(_flatten(values)) for name, values in info.items()}
+    width = max(len(key) for rows in sections.values() for key, _ in rows)
+    blocks = []
+    for name, rows in sections.items():
+        blocks.append(name + "\n" + format_table(rows, width=width, indent="  "))
+    return "\n".join(blocks)
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, str]]:
+    """("cc path", "/usr/bin/cc") rows from {"cc": {"path": ...}}; values in words."""
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key} ")
+        else:
+            # "size_bytes" reads "size": the value says its unit.
+            yield prefix + key.removesuffix("_bytes"), _human_value(key, value)
+
+
+def _human_value(key: str, value: Any) -> str:
+    if value is None:
+        return _NONE_TEXT.get(key, "none")
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if key.endswith("_bytes") and isinstance(value, int):
+        return f"{format_size(value)} ({value} bytes)"
+    return str(value)
+
+
+# -- list --------------------------------------------------------------------
+def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", metavar="NAME", help="only this module")
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from ._inventory import list_modules
+
+    root = _cache_root()
+    modules = list_modules(root, args.name)
+    if args.name is not None and not modules:
+        raise CommandError(f"no module {args.name!r} in the cache at {root}")
+    if args.json:
+        _print_json({"root": root, "size_bytes": sum(m.size for m in modules),
+                     "modules": [m.to_json() for m in modules]})
+        return 0
+    print(f"cache root {root}: {format_size(sum(m.size for m in modules))} in {len(modules)} module(s)")
+    artifacts = [a for m in modules for a in m.artifacts]
+    if artifacts:
+        print()
+        print(format_columns(("MODULE", "ARTIFACT", "SIZE", "BUILT", "LAST USED", "TORCH", "PYTHON", "CPU",
+                              "CUDA ARCHS"), [_artifact_row(a) for a in artifacts]), end="")
+    builds = [b for m in modules for b in m.builds]
+    if builds:
+        print()
+        print(format_columns(("MODULE", "BUILD FOLDER", "SIZE", "LAST BUILD"),
+                             [(b.module, b.key16, format_size(b.size), _when(b.last_used)) for b in builds]), end="")
+    return 0
+
+
+def _artifact_row(artifact: Any) -> tuple[str, ...]:
+    built_for = artifact.built_for
+    if artifact.damaged:
+        return (artifact.module, artifact.artifact_id, format_size(artifact.size), _when(artifact.built_at),
+                "-", "damaged: deleted by the next build or prune", "", "", "")
+    return (artifact.module, artifact.artifact_id, format_size(artifact.size), _when(artifact.built_at),
+            _when(artifact.last_used), str(built_for.get("torch") or "-"), str(built_for.get("python") or "-"),
+            str(built_for.get("cpu") or "-"), str(built_for.get("cuda_archs") or "-"))
+
+
+def _when(timestamp: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+
+
+# -- prune and clear -----------------------------------------------------------
+def _size_argument(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _age_argument(text: str) -> float:
+    try:
+        return parse_age(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _count_argument(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a whole number, 0 or more")
+    return int(text)
+
+
+def _add_prune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-size", type=_size_argument, metavar="SIZE",
+                        help="delete the least recently used entries until the cache fits, e.g. 2G, 500M")
+    parser.add_argument("--older-than", type=_age_argument, metavar="AGE",
+                        help="delete entries unused for longer than AGE, e.g. 30d, 12h")
+    parser.add_argument("--keep", type=_count_argument, metavar="N",
+                        help="keep only the N most recently used artifacts of each module")
+    parser.add_argument("--dry-run", action="store_true", help="show what would be deleted, delete nothing")
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from ._prune import prune
+
+    if args.max_size is None and args.older_than is None and args.keep is None:
+        raise CommandError("nothing to prune by: give --max-size, --older-than or --keep", status=2)
+    report = prune(_cache_root(), max_size=args.max_size, older_than=args.older_than, keep=args.keep,
+                   dry_run=args.dry_run)
+    return _print_report(report, args.json)
+
+
+def _add_clear_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", metavar="NAME", help="only this module (default: every module)")
+    parser.add_argument("--dry-run", action="store_true", help="show what would be deleted, delete nothing")
+
+
+def _cmd_clear(args: argparse.Namespace) -> int:
+    from ._inventory import list_modules
+    from ._prune import clear
+
+    root = _cache_root()
+    if args.name is not None and not list_modules(root, args.name):
+        raise CommandError(f"no module {args.name!r} in the cache at {root}")
+    return _print_report(clear(root, args.name, dry_run=args.dry_run), args.json)
+
+
+def _print_report(report: Any, as_json: bool) -> int:
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        verb = "would delete" if report.dry_run else "deleted"
+        rows = [(verb, "artifact" if hasattr(e, "artifact_id") else "build folder", f"{e.module}/{e.entry_id}",
+                 format_size(e.size), "last used " + _when(e.last_used)) for e in report.removed]
+        print(format_columns(None, rows), end="")
+        print(report.summary())
+    return 3 if report.busy_modules else 0
+
+
+# -- build ---------------------------------------------------------------------
+def _add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("targets", nargs="+", metavar="TARGET",
+                        help="an importable module or package name (example_package), or the path of a .py "
+                             "file or package folder; importing it builds its extensions")
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    import logging
+    import time
+
+    from ._inventory import list_modules
+
+    _import_torch()
+    root = _cache_root()
+    before = {a.path for m in list_modules(root) for a in m.artifacts}
+    handler = logging.StreamHandler(sys.stderr)  # progress: cache hits, builds, lock waits
+    handler.setFormatter(logging.Formatter("[cpp_extension_tools] %(message)s"))
+    logger = logging.getLogger("cpp_extension_tools")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    started = time.perf_counter()
+    try:
+        for target in args.targets:
+            _import_target(target)
+    finally:
+        logger.removeHandler(handler)
+    seconds = time.perf_counter() - started
+    built = [a for m in list_modules(root) for a in m.artifacts if a.path not in before]
+    if args.json:
+        _print_json({"root": root, "targets": args.targets, "seconds": round(seconds, 3),
+                     "built": [{"module": a.module, "artifact": a.artifact_id, "size_bytes": a.size,
+                                "build_seconds": a.build_seconds} for a in built]})
+        return 0
+    for artifact in built:
+        print(f"built {artifact.module} ({artifact.artifact_id}, {format_size(artifact.size)}) "
+              f"in {artifact.build_seconds:.1f} s")
+    print(f"{len(built)} module(s) built, the others were cached; {seconds:.1f} s in all; cache root {root}")
+    return 0
+
+
+def _import_target(target: str) -> None:
+    import importlib
+    import os
+    import runpy
+
+    path = os.path.abspath(target)
+    try:
+        if target.endswith(".py") and os.path.isfile(path):
+            runpy.run_path(path, run_name="__cpp_extension_tools_build__")  # not "__main__": no script body
+        elif os.path.isdir(path) and os.path.isfile(os.path.join(path, "__init__.py")):
+            sys.path.insert(0, os.path.dirname(path))
+            importlib.import_module(os.path.basename(path))
+        else:
+            importlib.import_module(target)
+    except ModuleNotFoundError as error:
+        if error.name is not None and target.startswith(error.name):
+            raise CommandError(f"cannot import {target!r}: {error}; give an importable module name, "
+                               "or the path of a .py file or package folder") from error
+        raise CommandError(f"importing {target!r} failed: {error}") from error
+    except Exception as error:  # the target's own failure (a BuildError, an ImportError...): say which
+        raise CommandError(f"importing {target!r} failed: {type(error).__name__}: {error}") from error
+
+
+def _cache_root() -> str:
+    from ._root import resolve_root
+
+    return resolve_root(None)
+
+
+# -- registry ----------------------------------------------------------------
+COMMANDS: list[Command] = [
+    Command("info", "show the environment builds depend on",
+            "Show this library's version, torch, Python, the compilers, the CPU, CUDA and the cache root "
+            "(its size and module count): everything a cache key depends on.", _cmd_info),
+    Command("abi", "print torch's C++11 ABI flag (0 or 1)",
+            "Print 1 when torch was built with the C++11 ABI (_GLIBCXX_USE_CXX11_ABI=1), else 0; "
+            "for build scripts that link other C++ code against torch.", _cmd_abi),
+    Command("list", "list cached modules and artifacts",
+            "List each module in the cache root (CACHED_CPP_EXTENSION_BUILD_DIR): its artifacts with size, "
+            "build and last-use times and what they were built for, and its build folders.",
+            _cmd_list, _add_list_arguments),
+    Command("prune", "delete least recently used cache entries",
+            "Delete artifacts and build folders, least recently used first: those unused for longer than "
+            "--older-than, those beyond the --keep most recent of each module, then the oldest until the "
+            "cache fits --max-size. Modules being built are skipped (exit status 3). Binaries that running "
+            "processes have loaded keep working.", _cmd_prune, _add_prune_arguments),
+    Command("clear", "delete every cache entry (of one module)",
+            "Delete all artifacts, build folders, hints and failure records of every module (or NAME), "
+            "waiting up to 10 s for a build in progress. Lock files stay (deleting a lock another process "
+            "holds would split it).", _cmd_clear, _add_clear_arguments),
+    Command("build", "fill the cache ahead of time",
+            "Import each TARGET, which builds (or finds cached) every extension it loads, in this "
+            "environment and cache root: run it in a container image build, or before starting many "
+            "workers.", _cmd_build, _add_build_arguments),
+]
+
+
+# -- parsing and output ------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Inspect and manage the cache of PyTorch C/C++/CUDA extensions.")
+    parser.add_argument("--json", action="store_true", help="print one JSON document, for scripts")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.description)
+        # SUPPRESS: an absent per-command flag must not override a --json given before the command.
+        sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                         help="print one JSON document (indent 2, sorted keys), for scripts")
+        command.add_arguments(sub)
+        sub.set_defaults(handler=command.handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 failure, 2 usage error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error (2), already printed by argparse
+        return exit_.code if isinstance(exit_.code, int) else 2
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except CommandError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return error.status
+    except KeyboardInterrupt:
+        return 130
+
+
+def format_table(rows: Iterable[tuple[str, str]], width: int | None = None, indent: str = "") -> str:
+    """Two columns, keys left-aligned and padded to ``width`` (default: the longest key), two spaces apart."""
+    rows = list(rows)
+    width = max((len(key) for key, _ in rows), default=0) if width is None else width
+    return "".join(f"{indent}{key:<{width}}  {value}\n" for key, value in rows)
+
+
+def format_columns(headers: tuple[str, ...] | None, rows: Iterable[tuple[str, ...]]) -> str:
+    """Left-aligned columns two spaces apart, with an optional header line; no trailing spaces."""
+    table = ([headers] if headers else []) + [tuple(row) for row in rows]
+    if not table:
+        return ""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n"
+                   for row in table)
+
+
+def _print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, sort_keys=True))
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError as error:
+        raise CommandError(f"torch cannot be imported ({error}); install PyTorch in this environment") from error
+    return torch
