@@ -2,16 +2,28 @@
 
 example_package's C sources live in the top-level csrc/ folder; build_py
 copies them into the package so that `pip install .` ships them as package
-data (an editable install finds them beside the package instead).
+data (an editable install finds them beside the package instead). A wheel
+also gets example_package's extension prebuilt with portable flags
+(cpp_extension_tools.setuptools_build), used where torch, Python and the CPU
+baseline match; build it with `pip wheel --no-build-isolation .` against the
+torch it is for. Elsewhere the package compiles its sources at import.
 """
 
 import os
 import shutil
+import sys
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # this source tree's cpp_extension_tools builds the prebuilt binary
+
+from cpp_extension_tools.setuptools_build import (  # noqa: E402
+    PrebuiltDistribution,
+    PrebuiltExtension,
+    build_py_with_prebuilt,
+)
 
 
 class BuildPyWithCsrc(build_py):
@@ -21,6 +33,24 @@ class BuildPyWithCsrc(build_py):
         os.makedirs(target, exist_ok=True)
         for name in sorted(os.listdir(os.path.join(HERE, "csrc"))):
             shutil.copy2(os.path.join(HERE, "csrc", name), target)
+
+
+def example_extensions() -> list[PrebuiltExtension]:
+    """The module example_package/__init__.py loads, as it loads it here, but with portable flags."""
+    from cpp_extension_tools import (
+        cuda_unavailable_reason,
+        get_cpp_sources_list_from_folder,
+        get_portable_cpp_cflags,
+        get_portable_cuda_cflags,
+    )
+
+    csrc = os.path.join(HERE, "csrc")
+    with_cuda = cuda_unavailable_reason() is None
+    sources = [s for s in get_cpp_sources_list_from_folder(csrc) if with_cuda or not s.endswith(".cu")]
+    return [PrebuiltExtension("example_package_ext", package="example_package", sources=sources,
+                              include_paths=[csrc],
+                              extra_cflags=get_portable_cpp_cflags() + (["-DEP_WITH_CUDA"] if with_cuda else []),
+                              extra_cuda_cflags=get_portable_cuda_cflags(), with_cuda=with_cuda)]
 
 
 setup(
@@ -36,6 +66,7 @@ setup(
         "ninja",  # torch's load() builds with ninja
         "filelock",  # OS-level locks released by the kernel when a builder dies
     ],
-    cmdclass={"build_py": BuildPyWithCsrc},
+    cmdclass={"build_py": build_py_with_prebuilt(example_extensions, base=BuildPyWithCsrc)},
+    distclass=PrebuiltDistribution,
     entry_points={"console_scripts": ["cpp-extension-tools = cpp_extension_tools._cli:main"]},
 )

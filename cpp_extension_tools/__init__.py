@@ -8,7 +8,7 @@ import logging as _logging
 
 from ._api import cached_load_torch_cpp_extension
 from ._errors import BuildError, CacheNotWritableError, LockTimeoutError, UnsafeCacheError
-from ._flags import get_default_cpp_cflags, get_default_cuda_cflags
+from ._flags import get_default_cpp_cflags, get_default_cuda_cflags, get_portable_cpp_cflags, get_portable_cuda_cflags
 from ._probe import cuda_unavailable_reason
 from ._sources import get_cpp_sources_list_from_folder
 from ._version import __version__
@@ -24,6 +24,8 @@ __all__ = [
     "get_cpp_sources_list_from_folder",
     "get_default_cpp_cflags",
     "get_default_cuda_cflags",
+    "get_portable_cpp_cflags",
+    "get_portable_cuda_cflags",
 ]
 
 _logging.getLogger("cpp_extension_tools").addHandler(_logging.NullHandler())

@@ -36,6 +36,7 @@ def cached_load_torch_cpp_extension(
     verbose: bool = False,
     build_directory: str | os.PathLike[str] | None = None,
     with_cuda: bool | None = None,
+    prebuilt_path: str | os.PathLike[str] | None = None,
 ) -> ModuleType:
     """Build (once) and import a C, C++ or CUDA extension module.
 
@@ -46,14 +47,27 @@ def cached_load_torch_cpp_extension(
     the CUDA target. Concurrent callers in any number of processes build it
     once. ``extra_cflags=None`` means :func:`get_default_cpp_cflags`.
 
+    ``prebuilt_path``: a folder that may hold a binary built into a wheel
+    (cpp_extension_tools.setuptools_build). It is loaded, without any compiler,
+    when it was built for this torch, Python, CPU baseline and GPU; otherwise
+    the module is built (one log line says why), or, with
+    ``CACHED_CPP_EXTENSION_DISABLE_JIT=1``, a BuildError says why instead.
+
     Raises:
         BuildError: compiling or linking failed (the message shows the first
             compiler errors and the path of the full log).
         TypeError, ValueError, FileNotFoundError: an argument is wrong; the
             message names it. Nothing has been built or written then.
     """
-    config, verbose = _validated_config(name, sources, extra_include_paths, extra_cflags,
-                                        extra_cuda_cflags, extra_ldflags, verbose, with_cuda)
+    arguments = _validated_arguments(name, sources, extra_include_paths, extra_cflags, extra_cuda_cflags,
+                                     extra_ldflags, verbose, with_cuda)
+    verbose = arguments.verbose
+    prebuilt_skipped = ""
+    if prebuilt_path is not None:
+        module, prebuilt_skipped = _load_prebuilt(arguments.name, prebuilt_path, verbose)
+        if module is not None:
+            return module
+    config = arguments.config()
     root = resolve_root(build_directory)
     store = ModuleStore(root, config.name)
     module = memo_get(store.folder, config.key)
@@ -76,12 +90,43 @@ def cached_load_torch_cpp_extension(
             log("%s: artifact %s was removed while loading; looking again", config.name, manifest.artifact_id)
     else:
         log("%s: cache miss (%s)", config.name, reason)
+    from ._prebuilt import DISABLE_JIT_ENV, jit_disabled  # not on the warm path
+
+    if jit_disabled():
+        raise BuildError(
+            f"{config.name!r} is not cached and building it is disabled ({DISABLE_JIT_ENV}=1): "
+            f"{prebuilt_skipped or 'no prebuilt_path was given'}. Install a wheel with a prebuilt binary for "
+            f"this environment, unset {DISABLE_JIT_ENV} to build it here, or fill the cache ahead of time "
+            "(cpp-extension-tools build).", name=config.name)
+    if prebuilt_skipped:  # said when it costs a build, not on every load from the cache
+        logger.warning("%s: building from source instead of using the prebuilt binary: %s", config.name,
+                       prebuilt_skipped)
     return _build_and_load(store, config, verbose)
 
 
-def _validated_config(name: object, sources: object, include_paths: object, cflags: object,
-                      cuda_cflags: object, ldflags: object, verbose: object,
-                      with_cuda: object) -> tuple[BuildConfig, bool]:
+class _Arguments:
+    """Checked arguments; the configuration (which needs the compilers) is made only when needed."""
+
+    def __init__(self, name: str, sources: list[str], include_paths: list[str], cflags: list[str],
+                 cuda_cflags: list[str], ldflags: list[str], verbose: bool, with_cuda: bool) -> None:
+        self.name = name
+        self.sources = sources
+        self.include_paths = include_paths
+        self.cflags = cflags
+        self.cuda_cflags = cuda_cflags
+        self.ldflags = ldflags
+        self.verbose = verbose
+        self.with_cuda = with_cuda
+
+    def config(self) -> BuildConfig:
+        if self.with_cuda:
+            _require_cuda_toolchain(self.name)
+        return make_config(self.name, self.sources, self.include_paths, self.cflags, self.cuda_cflags,
+                           self.ldflags, self.with_cuda)
+
+
+def _validated_arguments(name: object, sources: object, include_paths: object, cflags: object,
+                         cuda_cflags: object, ldflags: object, verbose: object, with_cuda: object) -> _Arguments:
     checked_name = validate_name(name)
     checked_sources = validate_sources(sources)
     checked_includes = validate_include_paths(include_paths)
@@ -98,11 +143,32 @@ def _validated_config(name: object, sources: object, include_paths: object, cfla
         raise TypeError(f"with_cuda: expected a bool or None, got {type(with_cuda).__name__}")
     elif has_cuda_sources and not with_cuda:
         raise ValueError("with_cuda: False, but sources include .cu files; pass with_cuda=None or True")
-    if with_cuda:
-        _require_cuda_toolchain(checked_name)
-    config = make_config(checked_name, checked_sources, checked_includes, checked_cflags,
-                         checked_cuda_cflags, checked_ldflags, with_cuda)
-    return config, verbose
+    return _Arguments(checked_name, checked_sources, checked_includes, checked_cflags, checked_cuda_cflags,
+                      checked_ldflags, verbose, with_cuda)
+
+
+_prebuilt_modules: dict[str, ModuleType] = {}
+
+
+def _load_prebuilt(name: str, directory: str | os.PathLike[str], verbose: bool) -> tuple[ModuleType | None, str]:
+    """(the prebuilt module, "") or (None, why it was skipped), logged once per call."""
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"prebuilt_path: expected a path or None, got {type(directory).__name__}")
+    directory = os.path.abspath(os.fspath(directory))
+    if not os.path.exists(os.path.join(directory, f"{name}.json")):  # the usual case outside wheels: one stat
+        return None, f"no prebuilt binary for {name!r} in {directory}"
+    from ._prebuilt import find_prebuilt
+
+    library, why = find_prebuilt(directory, name)
+    if library is None:
+        logger.debug("%s: not using a prebuilt binary: %s", name, why)
+        return None, why
+    module = _prebuilt_modules.get(library)
+    if module is None:
+        module = import_extension(name, library)
+        _prebuilt_modules[library] = module
+    (logger.info if verbose else logger.debug)("%s: loaded the prebuilt binary %s", name, library)
+    return module, ""
 
 
 def _require_cuda_toolchain(name: str) -> None:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["get_default_cpp_cflags", "get_default_cuda_cflags", "uses_native_cpu"]
+__all__ = ["PORTABLE_CPU_BASELINES", "get_default_cpp_cflags", "get_default_cuda_cflags", "get_portable_cpp_cflags",
+           "get_portable_cuda_cflags", "portable_cpu_baseline", "uses_native_cpu"]
+
+# What prebuilt binaries (wheels) are compiled for, by platform.machine(): x86-64-v2 (SSE4.2,
+# POPCNT; every x86-64 CPU since about 2009) is what RHEL 9 and most distributions now require.
+PORTABLE_CPU_BASELINES = {"x86_64": "x86-64-v2", "aarch64": "armv8-a"}
 
 
 def get_default_cpp_cflags() -> list[str]:
@@ -21,6 +26,27 @@ def get_default_cuda_cflags() -> list[str]:
     """Flags for nvcc: optimized device code, host code tuned for this CPU."""
     # No --use_fast_math: it changes numerical results, which a default must not do.
     return ["-O3", "-Xcompiler", "-march=native", "-Xcompiler", "-Wall", "-lineinfo"]
+
+
+def portable_cpu_baseline() -> str:
+    """The -march of prebuilt binaries on this platform (see PORTABLE_CPU_BASELINES)."""
+    import platform
+
+    machine = platform.machine()
+    if machine not in PORTABLE_CPU_BASELINES:
+        raise ValueError(f"no portable CPU baseline is defined for {machine!r}; pass explicit flags "
+                         f"(known: {', '.join(sorted(PORTABLE_CPU_BASELINES))})")
+    return PORTABLE_CPU_BASELINES[machine]
+
+
+def get_portable_cpp_cflags() -> list[str]:
+    """Flags for prebuilt binaries: like the defaults, but for a CPU baseline instead of this CPU."""
+    return ["-O3", f"-march={portable_cpu_baseline()}", "-Wall", "-Wextra", "-fno-strict-aliasing"]
+
+
+def get_portable_cuda_cflags() -> list[str]:
+    """nvcc flags for prebuilt binaries (host code for the CPU baseline)."""
+    return ["-O3", "-Xcompiler", f"-march={portable_cpu_baseline()}", "-Xcompiler", "-Wall", "-lineinfo"]
 
 
 def uses_native_cpu(flags: Iterable[str]) -> bool:

@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 __all__ = [
-    "CPU_FINGERPRINT_ENV", "CompilerIdentity", "cpu_fingerprint", "cuda_target",
+    "CPU_FINGERPRINT_ENV", "CompilerIdentity", "cpu_features", "cpu_fingerprint", "cuda_target",
     "find_cuda_home", "find_nvcc", "python_identity", "resolve_compiler", "torch_identity",
 ]
 
@@ -87,6 +87,16 @@ def _detected_cpu_fingerprint() -> str:
 _CPU_FIELDS = ("vendor_id", "cpu family", "model", "model name", "stepping", "flags",
                "features", "cpu implementer", "cpu architecture", "cpu variant", "cpu part",
                "isa", "uarch")
+
+
+@functools.cache
+def cpu_features() -> frozenset[str]:
+    """The feature flags of this CPU (x86 "flags", Arm "Features" in /proc/cpuinfo); empty if unknown."""
+    for line in _read_first_cpu_block().splitlines():
+        field, _, value = line.partition("=")
+        if field in ("flags", "features"):
+            return frozenset(value.split())
+    return frozenset()
 
 
 def _read_first_cpu_block() -> str:

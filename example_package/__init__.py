@@ -41,6 +41,9 @@ _extension = cached_load_torch_cpp_extension(
     extra_cuda_cflags=get_default_cuda_cflags(),
     verbose=os.environ.get("EXAMPLE_PACKAGE_VERBOSE", "") not in ("", "0"),
     with_cuda=NO_CUDA_REASON is None,
+    # A wheel built with `pip wheel --no-build-isolation .` carries the module prebuilt (portable
+    # flags, see setup.py); it is used where it fits this torch, Python and CPU, with no compiler.
+    prebuilt_path=os.path.join(os.path.dirname(os.path.abspath(__file__)), "prebuilt"),
 )
 bind(_extension, NO_CUDA_REASON)
 load_seconds = time.perf_counter() - _started  # shown by the demo (python -m example_package)
