@@ -32,7 +32,7 @@ test)
     .venv/bin/python -m pytest tests -p no:cacheprovider
     if [ "${SKIP_CUDA_BUILD:-0}" != 1 ] && command -v nvcc >/dev/null; then
         make_venv .venv-cuda "$CUDA_TORCH" pytest
-        .venv-cuda/bin/python -m pytest tests/test_cuda_build.py -p no:cacheprovider
+        .venv-cuda/bin/python -m pytest tests/test_cuda_build.py tests/test_compiler_launcher.py -p no:cacheprovider
     fi
     ;;
 *)

@@ -126,6 +126,10 @@ class Workspace:
         env = dict(os.environ)
         # Users have .pyc files; without them every process would compile the tools' Python again.
         env.pop("PYTHONDONTWRITEBYTECODE", None)
+        # torch's load() puts ccache/sccache in front of the compiler when one is on PATH; the reference
+        # would then be served compiled objects from earlier repetitions. Both tools compile for real.
+        env["TORCH_NO_COMPILER_WRAPPER"] = "1"
+        env.pop("CACHED_CPP_EXTENSION_COMPILER_LAUNCHER", None)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         env.update(self.compilers.env)
         env.update(extra or {})

@@ -13,11 +13,13 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,10 +32,12 @@ from ._hashing import FileRecord, digest_file, record_file
 from ._ninja_file import prepare_ninja_file
 from ._trust import folder_mode
 
-__all__ = ["BuildOutcome", "run_build"]
+__all__ = ["LAUNCHER_ENV", "BuildOutcome", "run_build"]
 
 logger = logging.getLogger("cpp_extension_tools")
 
+LAUNCHER_ENV = "CACHED_CPP_EXTENSION_COMPILER_LAUNCHER"
+_NATIVE_CPU_FILE = "cpp_extension_tools_native_cpu.txt"
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_build_worker.py")
 _STATE_FILE = "cpp_extension_tools_state.json"
 _ERROR_LINE = re.compile(r"^(?P<where>[^\s:][^:]*:\d+(?::\d+)?): (?:fatal )?error[:\s]|"
@@ -58,7 +62,8 @@ def run_build(config: BuildConfig, build_folder: str, verbose: bool) -> BuildOut
     _invalidate_changed_objects(build_folder)
     source_digests = {path: digest_file(path) for path in config.sources}
     compilers = _compilers(config)
-    driver = write_driver(build_folder, compilers["cc"], compilers["cxx"])
+    launcher = _compiler_launcher(config, verbose)
+    driver = write_driver(build_folder, compilers["cc"], compilers["cxx"], launcher)
     log_path = os.path.join(build_folder, "build.log")
     started = time.monotonic()
     logger.info("building %s (%d source%s) in %s", config.name, len(config.sources),
@@ -67,7 +72,7 @@ def run_build(config: BuildConfig, build_folder: str, verbose: bool) -> BuildOut
 
     ninja_only = prepare_ninja_file(config, build_folder,
                                     with_unique_object_names(list(config.sources), build_folder), driver)
-    result = _run_worker(config, build_folder, driver, compilers, log_path, verbose, ninja_only)
+    result = _run_worker(config, build_folder, driver, launcher, compilers, log_path, verbose, ninja_only)
     seconds = time.monotonic() - started
     if not result.get("ok"):
         raise _build_error(config.name, result, log_path)
@@ -91,6 +96,33 @@ def _compilers(config: BuildConfig) -> dict[str, list[str]]:
     if config.with_cuda:
         compilers["nvcc"] = [_probe.find_nvcc() or "nvcc"]
     return compilers
+
+
+def _compiler_launcher(config: BuildConfig, verbose: bool) -> list[str]:
+    """CACHED_CPP_EXTENSION_COMPILER_LAUNCHER as words, its program resolved to an absolute path; [] if unset.
+
+    Not part of the configuration key: a launcher (ccache, sccache) changes how objects are
+    compiled, not what they are, so builds with and without one share artifacts.
+    """
+    value = os.environ.get(LAUNCHER_ENV, "")
+    try:
+        words = shlex.split(value)
+    except ValueError as error:
+        raise BuildError(f"Error building extension {config.name!r}: {LAUNCHER_ENV}={value!r} is not a valid "
+                         f"command ({error}); quote it as in a shell, or unset {LAUNCHER_ENV}",
+                         name=config.name) from error
+    if not words:
+        return []
+    program = shutil.which(words[0])
+    if program is None:
+        raise BuildError(f"Error building extension {config.name!r}: the compiler launcher {words[0]!r} (from "
+                         f"{LAUNCHER_ENV}={value!r}) was not found on PATH; install it (e.g. 'apt install "
+                         f"ccache') or unset {LAUNCHER_ENV}", name=config.name)
+    launcher = [os.path.abspath(program), *words[1:]]
+    # ninja's command lines show the driver, not what it runs: this line is where verbose builds show it.
+    logger.log(logging.INFO if verbose else logging.DEBUG, "%s: compiles go through the launcher %s (%s)",
+               config.name, shlex.join(launcher), LAUNCHER_ENV)
+    return launcher
 
 
 def _remove_stale_baton(build_folder: str) -> None:
@@ -186,7 +218,7 @@ def _ninja_folder() -> str | None:
     return next((folder for folder in candidates if os.access(os.path.join(folder, "ninja"), os.X_OK)), None)
 
 
-def _worker_environment(config: BuildConfig, driver: str) -> dict[str, str]:
+def _worker_environment(config: BuildConfig, driver: str, launcher: Sequence[str] = ()) -> dict[str, str]:
     env = dict(os.environ, CXX=driver, TORCH_NO_COMPILER_WRAPPER="1", PYTHONUNBUFFERED="1")
     ninja_folder = _ninja_folder()
     if ninja_folder is None:
@@ -198,11 +230,31 @@ def _worker_environment(config: BuildConfig, driver: str) -> dict[str, str]:
         cuda_home = _probe.find_cuda_home()
         if cuda_home:
             env["CUDA_HOME"] = cuda_home
+    if launcher:
+        _add_launcher(env, config, os.path.dirname(driver), launcher)
     return env
 
 
-def _run_worker(config: BuildConfig, build_folder: str, driver: str, compilers: dict[str, list[str]],
-                log_path: str, verbose: bool, ninja_only: bool) -> dict[str, Any]:
+def _add_launcher(env: dict[str, str], config: BuildConfig, build_folder: str, launcher: Sequence[str]) -> None:
+    """The launcher for nvcc (C and C++ compiles get it from the driver), and the CPU for ccache's key."""
+    nvcc = _probe.find_nvcc() if config.with_cuda else None
+    if nvcc:
+        # torch writes PYTORCH_NVCC into build.ninja as it is: a user's value is already a command line.
+        user_value = os.environ.get("PYTORCH_NVCC")
+        env["PYTORCH_NVCC"] = f"{shlex.join(launcher)} {user_value if user_value else shlex.quote(nvcc)}"
+    cpu = config.environment.get("cpu")
+    if cpu is not None:
+        # ccache and sccache hash "-march=native" as text, not the CPU it stands for: a cache shared by
+        # nodes with different CPUs would hand one node's objects to another. ccache hashes the content
+        # of CCACHE_EXTRAFILES, so the CPU the key was computed for goes into one (sccache has no such
+        # setting: its storage must then be shared by identical CPUs only).
+        path = os.path.join(build_folder, _NATIVE_CPU_FILE)
+        atomic_write_bytes(path, f"{cpu}\n".encode())
+        env["CCACHE_EXTRAFILES"] = os.pathsep.join(filter(None, (env.get("CCACHE_EXTRAFILES"), path)))
+
+
+def _run_worker(config: BuildConfig, build_folder: str, driver: str, launcher: Sequence[str],
+                compilers: dict[str, list[str]], log_path: str, verbose: bool, ninja_only: bool) -> dict[str, Any]:
     spec = {
         "name": config.name, "sources": list(config.sources), "cflags": list(config.cflags),
         "cuda_cflags": list(config.cuda_cflags), "ldflags": list(config.ldflags),
@@ -214,7 +266,7 @@ def _run_worker(config: BuildConfig, build_folder: str, driver: str, compilers: 
     atomic_write_bytes(spec_path, json.dumps(spec, indent=1).encode())
     with contextlib.suppress(FileNotFoundError):
         os.unlink(result_path)
-    env = _worker_environment(config, driver)
+    env = _worker_environment(config, driver, launcher)
     # -S: without torch to import, the worker needs no site-packages, and starts in ~10 ms instead of ~40.
     command = [sys.executable, *(["-S"] if ninja_only else []), _WORKER, spec_path, result_path, str(os.getpid())]
     with open(log_path, "w", encoding="utf-8", errors="replace") as log:

@@ -6,7 +6,8 @@ torch.utils.cpp_extension compiles every non-CUDA source with one ninja rule,
 /bin/sh script looks at the file after ``-c``: a .c file goes to the C
 compiler with C++-only flags removed, anything else (C++ files, the link
 step, torch's compiler probes) goes to the C++ compiler unchanged but for
-C-only -std flags.
+C-only -std flags. A compiler launcher (ccache, sccache), when given, goes in
+front of the compiler for compiles (``-c``) only.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ case $source in
         esac
         set -- "$@" "$arg"
     done
-    exec {launcher}{cc} {c_std} "$@" ;;
+    exec {cc_launcher}{cc} {c_std} "$@" ;;
 *)
     for arg do
         shift
@@ -57,15 +58,22 @@ case $source in
         esac
         set -- "$@" "$arg"
     done
-    exec {launcher}{cxx} "$@" ;;
+    {cxx_exec} ;;
 esac
 """
+# The link step and torch's compiler probes have no "-c": launchers cache compiles only, and some
+# refuse to run anything else.
+_CXX_EXEC_LAUNCHED = '[ -n "$source" ] || exec {cxx} "$@"\n    exec {launcher} {cxx} "$@"'
 
 
 def render_driver(cc: Sequence[str], cxx: Sequence[str], launcher: Sequence[str] = ()) -> str:
+    """The script's text; ``launcher`` (a command, absolute program path first) prefixes compiles."""
+    cxx_text = shlex.join(cxx)
+    cxx_exec = (_CXX_EXEC_LAUNCHED.format(launcher=shlex.join(launcher), cxx=cxx_text) if launcher
+                else f'exec {cxx_text} "$@"')
     return _TEMPLATE.format(
-        cc=shlex.join(cc), cxx=shlex.join(cxx), c_std=DEFAULT_C_STD,
-        launcher=shlex.join(launcher) + " " if launcher else "",
+        cc=shlex.join(cc), cxx_exec=cxx_exec, c_std=DEFAULT_C_STD,
+        cc_launcher=shlex.join(launcher) + " " if launcher else "",
         cxx_only="|".join(_CXX_ONLY_PATTERNS), c_only="|".join(_C_ONLY_PATTERNS))
 
 

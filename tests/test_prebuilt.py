@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from cpp_extension_tools import BuildError, cached_load_torch_cpp_extension, get_portable_cpp_cflags
-from cpp_extension_tools import _prebuilt, _probe
+from cpp_extension_tools import BuildError, _prebuilt, _probe, cached_load_torch_cpp_extension, get_portable_cpp_cflags
 from cpp_extension_tools.setuptools_build import PrebuiltExtension, build_prebuilt
 from tests.conftest import REPO, CompilerLog, write_module
 
