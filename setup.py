@@ -5,7 +5,7 @@ copies them into the package so that `pip install .` ships them as package
 data (an editable install finds them beside the package instead). A wheel
 also gets example_package's extension prebuilt with portable flags
 (cpp_extension_tools.setuptools_build), used where torch, Python and the CPU
-baseline match; build it with `pip wheel --no-build-isolation .` against the
+baseline match; build it with `pip wheel --no-build-isolation --no-deps .` against the
 torch it is for. Elsewhere the package compiles its sources at import.
 """
 

@@ -55,9 +55,18 @@ def cached_load_torch_cpp_extension(
 
     Raises:
         BuildError: compiling or linking failed (the message shows the first
-            compiler errors and the path of the full log).
+            compiler errors and the path of the full log), or building is
+            not possible here (CUDA sources with a CPU-only torch or without
+            nvcc, ninja or a compiler launcher missing, JIT disabled).
+        LockTimeoutError: another process held the module's build lock for
+            longer than ``CACHED_CPP_EXTENSION_LOCK_TIMEOUT`` seconds.
+        UnsafeCacheError: the binary, or a folder between it and the cache
+            root, could have been replaced by another user.
+        CacheNotWritableError: the cache root cannot be created or written.
         TypeError, ValueError, FileNotFoundError: an argument is wrong; the
-            message names it. Nothing has been built or written then.
+            message names it. Nothing has been built or written then. A
+            FileNotFoundError also says when the C or C++ compiler (``CC``,
+            ``CXX``) is not found.
     """
     arguments = _validated_arguments(name, sources, extra_include_paths, extra_cflags, extra_cuda_cflags,
                                      extra_ldflags, verbose, with_cuda)
@@ -90,6 +99,12 @@ def cached_load_torch_cpp_extension(
             log("%s: artifact %s was removed while loading; looking again", config.name, manifest.artifact_id)
     else:
         log("%s: cache miss (%s)", config.name, reason)
+    _allow_build(config, prebuilt_skipped)
+    return _build_and_load(store, config, verbose)
+
+
+def _allow_build(config: BuildConfig, prebuilt_skipped: str) -> None:
+    """Refuse to build when JIT is disabled; say why a prebuilt binary was not used when it costs a build."""
     from ._prebuilt import DISABLE_JIT_ENV, jit_disabled  # not on the warm path
 
     if jit_disabled():
@@ -98,10 +113,9 @@ def cached_load_torch_cpp_extension(
             f"{prebuilt_skipped or 'no prebuilt_path was given'}. Install a wheel with a prebuilt binary for "
             f"this environment, unset {DISABLE_JIT_ENV} to build it here, or fill the cache ahead of time "
             "(cpp-extension-tools build).", name=config.name)
-    if prebuilt_skipped:  # said when it costs a build, not on every load from the cache
+    if prebuilt_skipped:  # said once per build, not on every load from the cache
         logger.warning("%s: building from source instead of using the prebuilt binary: %s", config.name,
                        prebuilt_skipped)
-    return _build_and_load(store, config, verbose)
 
 
 class _Arguments:

@@ -72,7 +72,9 @@ def run_build(config: BuildConfig, build_folder: str, verbose: bool) -> BuildOut
 
     ninja_only = prepare_ninja_file(config, build_folder,
                                     with_unique_object_names(list(config.sources), build_folder), driver)
-    result = _run_worker(config, build_folder, driver, launcher, compilers, log_path, verbose, ninja_only)
+    identity, versions = _compiler_identity(config), _cached_compiler_versions(build_folder, config)
+    result = _run_worker(config, build_folder, driver, launcher, compilers if versions is None else {}, log_path,
+                         verbose, ninja_only)
     seconds = time.monotonic() - started
     if not result.get("ok"):
         raise _build_error(config.name, result, log_path)
@@ -81,9 +83,10 @@ def run_build(config: BuildConfig, build_folder: str, verbose: bool) -> BuildOut
     if changed:
         raise BuildError(f"{changed[0]} changed while {config.name} was being built; call again to "
                          "build the new version", name=config.name, log_path=log_path)
-    _save_state(build_folder, result.get("deps", {}))
+    versions = result.get("compiler_versions", {}) if versions is None else versions
+    _save_state(build_folder, result.get("deps", {}), identity, versions)
     logger.info("built %s in %.1f s", config.name, seconds)
-    details = {"configuration": config.describe(), "compiler_versions": result.get("compiler_versions", {}),
+    details = {"configuration": config.describe(), "compiler_versions": versions,
                "cuda_arch_list": result.get("cuda_arch_list"), "build_folder": build_folder}
     return BuildOutcome(os.path.join(build_folder, f"{config.name}.so"), inputs, seconds, details)
 
@@ -162,12 +165,35 @@ def _invalidate_changed_objects(build_folder: str) -> None:
                 break
 
 
-def _save_state(build_folder: str, deps: dict[str, list[str]]) -> None:
+def _save_state(build_folder: str, deps: dict[str, list[str]], compiler_identity: dict[str, Any],
+                compiler_versions: dict[str, str]) -> None:
     objects: dict[str, dict[str, str]] = {}
     for obj, paths in deps.items():
         with contextlib.suppress(OSError):
             objects[obj] = {p: digest_file(p) for p in paths}
-    atomic_write_bytes(os.path.join(build_folder, _STATE_FILE), json.dumps({"objects": objects}).encode())
+    state = {"objects": objects, "compiler_identity": compiler_identity, "compiler_versions": compiler_versions}
+    atomic_write_bytes(os.path.join(build_folder, _STATE_FILE), json.dumps(state).encode())
+
+
+def _compiler_identity(config: BuildConfig) -> dict[str, Any]:
+    """The compilers' path, size, mtime and inode (from the key): their versions cannot change unless this does."""
+    return {role: config.environment.get(role) for role in ("cxx", "cc", "nvcc")}
+
+
+def _cached_compiler_versions(build_folder: str, config: BuildConfig) -> dict[str, str] | None:
+    """The versions recorded by the last build here, if the compilers are the same files; else None.
+
+    Asking each compiler for ``--version`` costs a few milliseconds per compiler on every rebuild.
+    """
+    try:
+        with open(os.path.join(build_folder, _STATE_FILE), encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return None
+    versions = state.get("compiler_versions") if isinstance(state, dict) else None
+    if not isinstance(versions, dict) or not versions or state.get("compiler_identity") != _compiler_identity(config):
+        return None
+    return {str(role): str(line) for role, line in versions.items()}
 
 
 def _system_prefixes(config: BuildConfig) -> tuple[str, ...]:

@@ -81,7 +81,7 @@ def _format_sections(info: dict[str, Any]) -> str:
     width = max(len(key) for rows in sections.values() for key, _ in rows)
     blocks = []
     for name, rows in sections.items():
-        blocks.append(name + "\n" + format_table(rows, width=width, indent="  "))
+        blocks.append(name + "\n" + (format_table(rows, width=width, indent="  ") if rows else "  (none)\n"))
     return "\n".join(blocks)
 
 

@@ -27,7 +27,7 @@ _TIMEOUT_S = 10.0
 
 
 def gather_info() -> dict[str, Any]:
-    """Every section of ``info``: library, torch, python, compilers, cpu, cuda, cache."""
+    """Every section of ``info``: library, torch, python, compilers, cpu, cuda, cache, settings."""
     return {
         "library": {"version": __version__},
         "torch": torch_info(),
@@ -37,7 +37,14 @@ def gather_info() -> dict[str, Any]:
         "cpu": cpu_info(),
         "cuda": cuda_info(),
         "cache": cache_info(resolve_root(None)),
+        "settings": settings_info(),
     }
+
+
+def settings_info() -> dict[str, Any]:
+    """The CACHED_CPP_EXTENSION_* variables that are set (the root is in "cache")."""
+    return {name: value for name, value in sorted(os.environ.items())
+            if name.startswith("CACHED_CPP_EXTENSION_") and name != "CACHED_CPP_EXTENSION_BUILD_DIR"}
 
 
 def torch_info() -> dict[str, Any]:

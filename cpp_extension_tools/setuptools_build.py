@@ -19,8 +19,10 @@ then written to ``<package>/prebuilt/<name>.so`` with ``<name>.json`` (what it
 needs to run) beside it. The wheel holds no copy of torch's libraries: the
 binary finds them in the installed torch (imported before it is loaded).
 
-Build wheels with ``pip wheel --no-build-isolation``, against the exact torch
-the wheel is for: the binary is used only with that torch build. Where torch
+Build wheels with ``pip wheel --no-build-isolation --no-deps``, against the
+exact torch the wheel is for: the binary is used only with that torch build
+(without ``--no-deps``, pip also writes wheels of torch and the other
+dependencies into the output folder). Where torch
 cannot be imported, or with CPP_EXTENSION_TOOLS_SKIP_PREBUILT=1, the wheel is
 built without binaries, and users' machines compile the sources instead.
 """

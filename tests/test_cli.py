@@ -91,8 +91,9 @@ def test_info_json_cache_size_is_the_bytes_of_the_files_and_links_follows_no_lin
 
 
 def test_info_reports_environment_sections(tmp_path: Path) -> None:
-    info = info_json(tmp_path, env={"TORCH_CUDA_ARCH_LIST": "8.0;9.0"})
-    assert set(info) == {"library", "torch", "python", "compilers", "cpu", "cuda", "cache"}
+    info = info_json(tmp_path, env={"TORCH_CUDA_ARCH_LIST": "8.0;9.0", "CACHED_CPP_EXTENSION_MAX_SIZE": "2G"})
+    assert set(info) == {"library", "torch", "python", "compilers", "cpu", "cuda", "cache", "settings"}
+    assert info["settings"] == {"CACHED_CPP_EXTENSION_MAX_SIZE": "2G"}
     assert info["compilers"]["cxx"]["path"] is not None and info["compilers"]["cxx"]["version"]
     assert info["cpu"]["fingerprint"]
     assert info["cuda"]["arch_list"] == "8.0;9.0"

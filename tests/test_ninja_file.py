@@ -103,3 +103,25 @@ def test_unexpected_torch_generator_falls_back_to_torchs_load(tmp_path: Path, co
     assert (folder / "build.ninja").is_file()  # written by load() in the worker
     assert not (folder / "cpp_extension_tools_ninja.json").exists()
     assert not [name for name in os.listdir(folder) if ".generated-" in name]
+
+
+def test_a_rebuild_with_the_same_compilers_does_not_ask_their_versions_again(tmp_path: Path,
+                                                                            compilers: CompilerLog) -> None:
+    cache = tmp_path / "cache"
+    functions = {"answer": 1, "other": 2}
+    cached_load_torch_cpp_extension("versions", write_module(tmp_path / "src", functions=functions),
+                                    build_directory=str(cache))
+    assert any(line.endswith(" --version") for line in compilers.calls())
+    (first,) = (cache / "versions" / "artifacts").iterdir()
+    recorded = json.loads((first / "manifest.json").read_text())["details"]["compiler_versions"]
+    assert set(recorded) == {"cc", "cxx"} and all(recorded.values())
+
+    compilers.reset()
+    functions["answer"] = 3
+    module = cached_load_torch_cpp_extension("versions", write_module(tmp_path / "src", functions=functions),
+                                             build_directory=str(cache))
+    assert module.answer() == 3
+    assert compilers.compiled_sources() == ["answer.c"]
+    assert not [line for line in compilers.calls() if line.endswith(" --version")]
+    manifests = [json.loads((a / "manifest.json").read_text()) for a in (cache / "versions" / "artifacts").iterdir()]
+    assert [m["details"]["compiler_versions"] for m in manifests] == [recorded, recorded]
