@@ -36,6 +36,7 @@ LOCK_TIMEOUT_ENV = "CACHED_CPP_EXTENSION_LOCK_TIMEOUT"
 LOCK_LOG_INTERVAL_ENV = "CACHED_CPP_EXTENSION_LOCK_LOG_INTERVAL"
 DEFAULT_LOCK_TIMEOUT = 3600.0  # a large CUDA extension can compile for many minutes
 DEFAULT_LOG_INTERVAL = 10.0
+WARN_AFTER = 60.0  # seconds of waiting before the message is also a warning, then once a minute
 
 
 def _seconds_from_env(variable: str, default: float) -> float:
@@ -99,6 +100,7 @@ def _acquire(lock: filelock.BaseFileLock, lock_path: str, owner_path: str, what:
         timeout = _seconds_from_env(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT)
     interval = _seconds_from_env(LOCK_LOG_INTERVAL_ENV, DEFAULT_LOG_INTERVAL)
     started = time.monotonic()
+    next_warning = WARN_AFTER
     while True:
         remaining = timeout - (time.monotonic() - started)
         try:
@@ -111,8 +113,13 @@ def _acquire(lock: filelock.BaseFileLock, lock_path: str, owner_path: str, what:
                     f"gave up waiting for the build lock of {what} after {waited:.0f} s; "
                     f"it is held by {_describe_owner(owner_path)}. If that build is stuck, stop it; "
                     f"to wait longer set {LOCK_TIMEOUT_ENV} (seconds). Lock file: {lock_path}") from None
-            logger.info("waiting for the build lock of %s, held by %s (%.0f s so far)",
-                        what, _describe_owner(owner_path), waited)
+            # INFO every interval; once a minute also a WARNING, which stderr shows without any logging
+            # set-up: a long wait must never look like a silent hang.
+            level = logging.INFO
+            if waited >= next_warning:
+                level, next_warning = logging.WARNING, waited + WARN_AFTER
+            logger.log(level, "waiting for the build lock of %s, held by %s (%.0f s so far)",
+                       what, _describe_owner(owner_path), waited)
 
 
 def _host_local_lock_path(lock_path: str) -> str:

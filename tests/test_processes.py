@@ -280,3 +280,25 @@ def test_example_package_works_after_pip_install(tmp_path: Path, cache_root: Pat
     assert Path(location).is_relative_to(site)
     assert (static, added) == (42, 43)
     assert compilers.compiled_sources() == _example_c_sources()
+
+
+def test_a_long_wait_for_the_lock_becomes_a_warning_once_a_minute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """INFO every interval; a WARNING (visible without logging set-up) after WARN_AFTER, then once per WARN_AFTER."""
+    import logging
+
+    import filelock
+
+    from cpp_extension_tools import LockTimeoutError, _locking
+
+    monkeypatch.setattr(_locking, "WARN_AFTER", 0.6)  # stands for a minute
+    monkeypatch.setenv("CACHED_CPP_EXTENSION_LOCK_LOG_INTERVAL", "0.2")
+    lock_path = str(tmp_path / ".lock")
+    holder = filelock.FileLock(lock_path)
+    with holder, caplog.at_level(logging.INFO, logger="cpp_extension_tools"), pytest.raises(LockTimeoutError):
+        with _locking.module_lock(lock_path, str(tmp_path / ".lock.owner"), "'m'", str(tmp_path), timeout=1.5):
+            pass
+    levels = [r.levelno for r in caplog.records if "waiting for the build lock" in r.getMessage()]
+    assert len(levels) >= 5
+    assert levels[0] == logging.INFO  # the first ones, before WARN_AFTER
+    assert 1 <= levels.count(logging.WARNING) <= 2  # at about 0.6 s and 1.2 s
