@@ -94,7 +94,8 @@ def select(modules: list[ModuleInfo], *, max_size: int | None = None, older_than
         chosen |= {e.path for e in entries if now - e.last_used > older_than}
     if keep is not None:
         for module in modules:
-            newest_first = sorted(module.artifacts, key=lambda a: a.last_used, reverse=True)
+            usable = [a for a in module.artifacts if not a.damaged]  # a damaged one must not count as kept
+            newest_first = sorted(usable, key=lambda a: a.last_used, reverse=True)
             chosen |= {a.path for a in newest_first[keep:] if a.entry_id not in protected}
     by_age = sorted(entries, key=lambda e: e.last_used)
     if max_size is not None:

@@ -137,7 +137,7 @@ def test_select_takes_least_recently_used_first_and_honours_protection() -> None
     assert ids == ["a1", "b1", "bad"]  # damaged always (110 -> 90), then oldest first until 60 fit
     assert [e.entry_id for e in select([a, b], max_size=70, now=now)] == ["a1", "bad"]
     assert [e.entry_id for e in select([a, b], max_size=60, protect={"a1"}, now=now)] == ["b1", "bad"]
-    assert [e.entry_id for e in select([a, b], keep=1, now=now)] == ["a1", "b1", "a2", "bad"]
+    assert [e.entry_id for e in select([a, b], keep=1, now=now)] == ["a1", "a2", "bad"]  # b1 is b's newest usable
     assert [e.entry_id for e in select([a, b], older_than=2 * HOUR, now=now)] == ["a1", "b1", "bad"]
     assert select([a], max_size=1000, now=now) == []
 
