@@ -162,6 +162,7 @@ def _validated_arguments(name: object, sources: object, include_paths: object, c
 
 
 _prebuilt_modules: dict[str, ModuleType] = {}
+_prebuilt_guard = threading.Lock()  # threads loading the same binary get one module object
 
 
 def _load_prebuilt(name: str, directory: str | os.PathLike[str], verbose: bool) -> tuple[ModuleType | None, str]:
@@ -177,10 +178,10 @@ def _load_prebuilt(name: str, directory: str | os.PathLike[str], verbose: bool) 
     if library is None:
         logger.debug("%s: not using a prebuilt binary: %s", name, why)
         return None, why
-    module = _prebuilt_modules.get(library)
-    if module is None:
-        module = import_extension(name, library)
-        _prebuilt_modules[library] = module
+    with _prebuilt_guard:
+        module = _prebuilt_modules.get(library)
+        if module is None:
+            module = _prebuilt_modules[library] = import_extension(name, library)
     (logger.info if verbose else logger.debug)("%s: loaded the prebuilt binary %s", name, library)
     return module, ""
 
