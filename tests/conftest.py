@@ -148,6 +148,24 @@ def run_python(code: str, env: dict[str, str] | None = None, cwd: str | Path | N
     return result
 
 
+class BuildRuns:
+    """Whether a build ran in a module's build folders since ``mark()``: every build rewrites build.log.
+
+    Compile counts cannot tell: a repair whose build folder is up to date runs ninja, which compiles
+    nothing, and the compilers' versions are cached in the build folder.
+    """
+
+    def __init__(self, module_folder: Path) -> None:
+        self.logs = module_folder / "builds"
+
+    def mark(self) -> None:
+        for log in self.logs.glob("*/build.log"):
+            os.utime(log, (0, 0))
+
+    def ran(self) -> bool:
+        return any(log.stat().st_mtime > 0 for log in self.logs.glob("*/build.log"))
+
+
 def last_json(output: str) -> object:
     """The last line of ``output`` that is a JSON document (subprocesses report results that way)."""
     for line in reversed(output.strip().splitlines()):
