@@ -23,7 +23,7 @@ from ._errors import LockTimeoutError, UnsafeCacheError
 from ._fsutil import TEMP_MARKER, remove_tree, temporary_name
 from ._inventory import ArtifactInfo, BuildFolderInfo, ModuleInfo, list_modules
 from ._locking import module_lock
-from ._store import ModuleStore
+from ._store import ModuleStore, read_hint
 from ._trust import check_trusted
 from ._units import format_size, parse_size
 
@@ -187,10 +187,5 @@ def _remove_stale_records(store: ModuleStore, remove_all: bool) -> None:
 
 
 def _hint_target_exists(store: ModuleStore, hint: str) -> bool:
-    try:
-        with open(hint, "rb") as f:
-            target = f.read(200).decode().strip()
-    except (OSError, UnicodeDecodeError):
-        return False
-    return bool(target) and target == os.path.basename(target) and os.path.isdir(
-        os.path.join(store.artifacts_folder, target))
+    target = read_hint(hint)
+    return target is not None and os.path.isdir(os.path.join(store.artifacts_folder, target))

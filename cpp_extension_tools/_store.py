@@ -43,7 +43,7 @@ from ._hashing import FileRecord, digest_file, digest_value, file_matches
 from ._manifest import MANIFEST_NAME, Manifest, read_manifest
 from ._trust import check_trusted, folder_mode
 
-__all__ = ["LAST_USED_FILE", "FailureRecord", "ModuleStore", "last_used", "note_use", "sources_digest"]
+__all__ = ["LAST_USED_FILE", "FailureRecord", "ModuleStore", "last_used", "note_use", "read_hint", "sources_digest"]
 
 logger = logging.getLogger("cpp_extension_tools")
 
@@ -194,16 +194,7 @@ class ModuleStore:
         return [path for _, path in sorted(found, reverse=True)]
 
     def _read_latest(self, config: BuildConfig) -> str | None:
-        try:
-            # Bytes, decoded after: open(encoding="ascii") would import encodings.ascii on the warm path.
-            with open(self._latest_path(config), "rb") as f:
-                value = f.read(200).decode().strip()
-        except (OSError, UnicodeDecodeError):
-            return None
-        # Only a plain folder name is accepted: the pointer must never lead outside the store.
-        if not value or value != os.path.basename(value) or value in (".", ".."):
-            return None
-        return value
+        return read_hint(self._latest_path(config))
 
     def _write_latest(self, config: BuildConfig, artifact_id: str) -> None:
         try:
@@ -298,6 +289,20 @@ def _library_intact(path: str, record: FileRecord) -> bool:
         return digest_file(path) == record.sha256
     except OSError:
         return False
+
+
+def read_hint(path: str) -> str | None:
+    """The artifact id a latest-* hint names, or None when it is absent, unreadable or not a plain name."""
+    try:
+        # Bytes, decoded after: open(encoding="ascii") would import encodings.ascii on the warm path.
+        with open(path, "rb") as f:
+            value = f.read(200).decode().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    # Only a plain folder name is accepted: the pointer must never lead outside the store.
+    if not value or value != os.path.basename(value) or value in (".", ".."):
+        return None
+    return value
 
 
 def last_used(artifact_folder: str, created_at: float) -> float:

@@ -158,6 +158,8 @@ def test_prune_keeps_the_most_recently_used_and_they_still_load(tmp_path: Path, 
     assert "2 artifact(s)" in result.stdout
     assert _artifact_ids(cache_root, "pruned") == {ids[0]}
     assert not list((cache_root / "pruned" / "artifacts").glob("*.tmp-*"))
+    # The configuration's latest-* hint named the last built artifact, which was pruned: it goes too.
+    assert not (cache_root / "pruned" / f"latest-{ids[0].split('-')[0]}").exists()
 
     compilers.reset()  # the kept one loads without a build; the pruned one (the current sources) is rebuilt
     assert last_json(run_python(LOAD.format(name="pruned", sources=write_module(
