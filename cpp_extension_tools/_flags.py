@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 __all__ = ["PORTABLE_CPU_BASELINES", "get_default_cpp_cflags", "get_default_cuda_cflags", "get_portable_cpp_cflags",
-           "get_portable_cuda_cflags", "portable_cpu_baseline", "uses_native_cpu"]
+           "get_portable_cuda_cflags", "portable_cpu_baseline", "target_cpu", "uses_native_cpu"]
 
 # What prebuilt binaries (wheels) are compiled for, by platform.machine(): x86-64-v2 (SSE4.2,
 # POPCNT; every x86-64 CPU since about 2009) is what RHEL 9 and most distributions now require.
@@ -47,6 +47,12 @@ def get_portable_cpp_cflags() -> list[str]:
 def get_portable_cuda_cflags() -> list[str]:
     """nvcc flags for prebuilt binaries (host code for the CPU baseline)."""
     return ["-O3", "-Xcompiler", f"-march={portable_cpu_baseline()}", "-Xcompiler", "-Wall", "-lineinfo"]
+
+
+def target_cpu(flags: Iterable[str]) -> str | None:
+    """The CPU the flags compile for: the value of the last ``-march=`` (the one the compiler uses), or None."""
+    marches = [flag.split("=", 1)[1] for flag in flags if flag.startswith("-march=")]
+    return marches[-1] if marches else None
 
 
 def uses_native_cpu(flags: Iterable[str]) -> bool:

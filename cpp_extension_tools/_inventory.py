@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ._errors import ManifestError
+from ._flags import target_cpu
 from ._fsutil import TEMP_MARKER, tree_size
 from ._manifest import MANIFEST_NAME, Manifest, read_manifest
 from ._store import last_used
@@ -147,12 +148,12 @@ def built_for(manifest: Manifest) -> dict[str, Any]:
 
 def cpu_target(cflags: list[str], fingerprint: str | None) -> str:
     """The -march the flags ask for ("native" names the CPU's fingerprint), or "default"."""
-    marches = [flag.split("=", 1)[1] for flag in cflags if flag.startswith("-march=")]
-    if not marches:
+    march = target_cpu(cflags)
+    if march is None:
         return "default"
-    if marches[-1] == "native" and fingerprint:
+    if march == "native" and fingerprint:
         return f"native ({fingerprint[:8]})"
-    return marches[-1]
+    return march
 
 
 def _mtime(path: str) -> float:

@@ -107,13 +107,14 @@ def build_prebuilt(extension: PrebuiltExtension, output_folder: str) -> str:
 
 
 def _cpu_baseline(cflags: Sequence[str]) -> str:
+    from ._flags import target_cpu
     from ._prebuilt import BASELINE_FEATURES
 
-    marches = [flag.split("=", 1)[1] for flag in cflags if flag.startswith("-march=")]
-    if not marches or marches[-1] not in BASELINE_FEATURES:
+    march = target_cpu(cflags)
+    if march not in BASELINE_FEATURES:
         raise ValueError(f"prebuilt binaries need a -march baseline among {sorted(BASELINE_FEATURES)}; "
-                         f"the flags give {marches[-1] if marches else 'none'}")
-    return marches[-1]
+                         f"the flags give {march or 'none'}")
+    return march
 
 
 def _portable_arch_list() -> str:
