@@ -98,6 +98,26 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def torch_arch_list(torch: Any) -> list[str]:
+    """The GPU architectures ``torch`` was built for ("7.5", "8.0", ...), the newest as "+PTX"; [] if none.
+
+    Read from torch's build flags, so it needs no GPU (torch.cuda.get_arch_list() is empty without one
+    in some versions). Shared by builds without a visible GPU, prebuilt wheels and the ``info`` command.
+    """
+    import re
+
+    flags = torch._C._cuda_getArchFlags() if hasattr(torch._C, "_cuda_getArchFlags") else ""
+    archs: list[str] = []
+    for flag in (flags or "").split():
+        match = re.fullmatch(r"(sm|compute)_(\d+)(\d)a?", flag)
+        arch = f"{match.group(2)}.{match.group(3)}" if match and match.group(1) == "sm" else None
+        if arch is not None and arch not in archs:
+            archs.append(arch)
+    if archs:
+        archs[-1] += "+PTX"  # PTX for the newest, so GPUs newer than torch's list still run it
+    return archs
+
+
 def _resolve_cuda_arch_list() -> str:
     """TORCH_CUDA_ARCH_LIST, else the visible GPUs' capabilities, else the archs torch was built for."""
     import torch
@@ -107,16 +127,7 @@ def _resolve_cuda_arch_list() -> str:
     if torch.cuda.is_available():
         capabilities = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
         return ";".join(f"{major}.{minor}" for major, minor in capabilities)
-    import re
-
-    flags = torch._C._cuda_getArchFlags() if hasattr(torch._C, "_cuda_getArchFlags") else ""
-    archs = []
-    for flag in (flags or "").split():
-        match = re.fullmatch(r"(sm|compute)_(\d+)(\d)a?", flag)
-        if match and match.group(1) == "sm":
-            archs.append(f"{match.group(2)}.{match.group(3)}")
-    if archs:
-        archs[-1] += "+PTX"  # PTX for the newest, so GPUs newer than torch's list still run it
+    archs = torch_arch_list(torch)
     if not archs:
         raise RuntimeError("no GPU is visible and TORCH_CUDA_ARCH_LIST is not set; set it to the "
                            "architectures to build for, e.g. TORCH_CUDA_ARCH_LIST='8.0;9.0'")

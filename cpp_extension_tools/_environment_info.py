@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import subprocess
 import sys
 import sysconfig
@@ -133,11 +132,11 @@ def cuda_arch_list() -> tuple[str | None, str | None]:
     if torch.cuda.is_available():
         capabilities = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
         return ";".join(f"{major}.{minor}" for major, minor in capabilities), "visible GPUs"
-    flags = torch._C._cuda_getArchFlags() if hasattr(torch._C, "_cuda_getArchFlags") else ""
-    archs = [f"{m.group(1)}.{m.group(2)}" for m in re.finditer(r"\bsm_(\d+)(\d)a?\b", flags or "")]
+    from ._build_worker import torch_arch_list
+
+    archs = torch_arch_list(torch)
     if not archs:
         return None, None
-    archs[-1] += "+PTX"
     return ";".join(archs), "torch build (no GPU visible)"
 
 

@@ -124,10 +124,12 @@ def _portable_arch_list() -> str:
         return configured
     import torch
 
-    archs = sorted({a.split("_", 1)[1] for a in torch.cuda.get_arch_list() if a.startswith("sm_")}, key=int)
+    from ._build_worker import torch_arch_list
+
+    archs = torch_arch_list(torch)
     if not archs:
         raise ValueError("cannot tell which GPU architectures to build for: set TORCH_CUDA_ARCH_LIST")
-    return ";".join(f"{a[:-1]}.{a[-1]}" for a in archs) + "+PTX"
+    return ";".join(archs)
 
 
 @contextlib.contextmanager

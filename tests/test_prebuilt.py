@@ -222,3 +222,17 @@ def test_the_installed_wheel_builds_from_source_for_another_torch(installed_whee
                                                "CACHED_CPP_EXTENSION_DISABLE_JIT": "1"}, tmp_path)
     assert refused.returncode != 0
     assert "CACHED_CPP_EXTENSION_DISABLE_JIT=1" in refused.stderr and "another-torch" in refused.stderr
+
+
+def test_torch_arch_list_comes_from_torchs_build_flags_with_ptx_for_the_newest() -> None:
+    """Shared by builds without a GPU, prebuilt wheels and `info`: torch's own flags, no GPU needed."""
+    from types import SimpleNamespace
+
+    from cpp_extension_tools._build_worker import torch_arch_list
+
+    def fake(flags: str) -> Any:
+        return SimpleNamespace(_C=SimpleNamespace(_cuda_getArchFlags=lambda: flags))
+
+    assert torch_arch_list(fake("sm_75 sm_80 sm_90 sm_90a compute_90 sm_120")) == ["7.5", "8.0", "9.0", "12.0+PTX"]
+    assert torch_arch_list(fake("")) == []
+    assert torch_arch_list(SimpleNamespace(_C=SimpleNamespace())) == []  # a CPU-only torch has no such function
