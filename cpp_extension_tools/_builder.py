@@ -59,7 +59,8 @@ class BuildOutcome:
 def run_build(config: BuildConfig, build_folder: str, verbose: bool) -> BuildOutcome:
     make_dirs(build_folder, folder_mode())
     _remove_stale_baton(build_folder)
-    _invalidate_changed_objects(build_folder)
+    state = _read_state(build_folder)
+    _invalidate_changed_objects(build_folder, state)
     source_digests = {path: digest_file(path) for path in config.sources}
     compilers = _compilers(config)
     launcher = _compiler_launcher(config, verbose)
@@ -72,7 +73,7 @@ def run_build(config: BuildConfig, build_folder: str, verbose: bool) -> BuildOut
 
     ninja_only = prepare_ninja_file(config, build_folder,
                                     with_unique_object_names(list(config.sources), build_folder), driver)
-    identity, versions = _compiler_identity(config), _cached_compiler_versions(build_folder, config)
+    identity, versions = _compiler_identity(config), _cached_compiler_versions(state, config)
     result = _run_worker(config, build_folder, driver, launcher, compilers if versions is None else {}, log_path,
                          verbose, ninja_only)
     seconds = time.monotonic() - started
@@ -138,18 +139,25 @@ def _remove_stale_baton(build_folder: str) -> None:
         logger.warning("removed a stale torch build lock left by a killed build: %s", baton)
 
 
-def _invalidate_changed_objects(build_folder: str) -> None:
+def _read_state(build_folder: str) -> dict[str, Any]:
+    """What the last successful build here recorded ({} when nothing usable was)."""
+    try:
+        with open(os.path.join(build_folder, _STATE_FILE), encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _invalidate_changed_objects(build_folder: str, state: dict[str, Any]) -> None:
     """Delete objects whose recorded inputs changed content.
 
     ninja rebuilds by timestamps only; a source restored with an older mtime
     (an archive, ``cp -p``, a clock step) would leave a stale object in the
     link. Content decides here, so such an object is removed and rebuilt.
     """
-    try:
-        with open(os.path.join(build_folder, _STATE_FILE), encoding="utf-8") as f:
-            state = json.load(f)
-        objects = state["objects"]
-    except (OSError, ValueError, KeyError, TypeError):
+    objects = state.get("objects")
+    if not isinstance(objects, dict):
         return
     for obj, deps in objects.items():
         if not isinstance(deps, dict) or os.path.dirname(os.path.abspath(obj)) != os.path.abspath(build_folder):
@@ -180,17 +188,12 @@ def _compiler_identity(config: BuildConfig) -> dict[str, Any]:
     return {role: config.environment.get(role) for role in ("cxx", "cc", "nvcc")}
 
 
-def _cached_compiler_versions(build_folder: str, config: BuildConfig) -> dict[str, str] | None:
+def _cached_compiler_versions(state: dict[str, Any], config: BuildConfig) -> dict[str, str] | None:
     """The versions recorded by the last build here, if the compilers are the same files; else None.
 
     Asking each compiler for ``--version`` costs a few milliseconds per compiler on every rebuild.
     """
-    try:
-        with open(os.path.join(build_folder, _STATE_FILE), encoding="utf-8") as f:
-            state = json.load(f)
-    except (OSError, ValueError):
-        return None
-    versions = state.get("compiler_versions") if isinstance(state, dict) else None
+    versions = state.get("compiler_versions")
     if not isinstance(versions, dict) or not versions or state.get("compiler_identity") != _compiler_identity(config):
         return None
     return {str(role): str(line) for role, line in versions.items()}
