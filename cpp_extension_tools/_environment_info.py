@@ -17,6 +17,7 @@ from typing import Any
 
 from . import _probe
 from ._fsutil import tree_size
+from ._inventory import module_names
 from ._root import resolve_root
 from ._version import __version__
 
@@ -144,15 +145,7 @@ def cache_info(root: str) -> dict[str, Any]:
     """The cache root, whether it exists, its size (bytes of everything but folders) and module count."""
     exists = os.path.isdir(root)
     return {"root": root, "exists": exists, "size_bytes": tree_size(root) if exists else 0,
-            "modules": _count_folders(root) if exists else 0}
-
-
-def _count_folders(root: str) -> int:
-    try:
-        with os.scandir(root) as entries:
-            return sum(1 for entry in entries if entry.is_dir(follow_symlinks=False))
-    except OSError:
-        return 0
+            "modules": len(module_names(root))}  # the modules `list` shows
 
 
 def run_output(command: list[str]) -> str | None:

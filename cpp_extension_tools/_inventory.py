@@ -19,7 +19,7 @@ from ._fsutil import TEMP_MARKER, tree_size
 from ._manifest import MANIFEST_NAME, Manifest, read_manifest
 from ._store import last_used
 
-__all__ = ["ArtifactInfo", "BuildFolderInfo", "ModuleInfo", "list_modules"]
+__all__ = ["ArtifactInfo", "BuildFolderInfo", "ModuleInfo", "list_modules", "module_names"]
 
 _MODULE_MARKERS = ("artifacts", "builds", ".lock")
 
@@ -81,7 +81,7 @@ def _entry_json(entry: ArtifactInfo | BuildFolderInfo) -> dict[str, Any]:
 def list_modules(root: str, name: str | None = None) -> list[ModuleInfo]:
     """The modules under ``root`` (only ``name`` if given), sorted by name; [] for a missing root."""
     modules = []
-    for module_name in _module_names(root):
+    for module_name in module_names(root):
         if name is not None and module_name != name:
             continue
         folder = os.path.join(root, module_name)
@@ -90,7 +90,8 @@ def list_modules(root: str, name: str | None = None) -> list[ModuleInfo]:
     return modules
 
 
-def _module_names(root: str) -> list[str]:
+def module_names(root: str) -> list[str]:
+    """The folders under ``root`` laid out as modules of this library, sorted; [] for a missing root."""
     try:
         with os.scandir(root) as entries:
             folders = [e for e in entries if e.is_dir(follow_symlinks=False) and TEMP_MARKER not in e.name]

@@ -77,7 +77,8 @@ def test_info_json_cache_size_is_the_bytes_of_the_files_and_links_follows_no_lin
     outside.mkdir()
     (outside / "big.bin").write_bytes(b"x" * 100_000)
     written = {"mod_a/artifacts/k1/mod_a.so": 5000, "mod_a/artifacts/k1/manifest.json": 321,
-               "mod_a/.lock": 0, "mod_b/builds/k2/build.log": 1234, "stray-file": 7}
+               "mod_a/.lock": 0, "mod_b/builds/k2/build.log": 1234, "stray-file": 7,
+               "not-a-module/notes.txt": 11}  # a folder without a module's layout: counted in size only
     for relative, size in written.items():
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         (root / relative).write_bytes(b"a" * size)
