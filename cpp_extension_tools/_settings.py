@@ -1,0 +1,164 @@
+"""The registry of every ``CACHED_CPP_EXTENSION_*`` environment variable.
+
+Each setting has one entry here: its name, default, parser and documentation
+line. Every module reads settings through these entries, never through
+``os.environ`` directly, so a value is validated the same way wherever it is
+used, the configuration docs and the tests' isolation fixture iterate
+:data:`SETTINGS`, and a new variable cannot be forgotten by either.
+
+Reading is cheap (one ``os.environ`` lookup and, for a set variable, a parse
+without imports): the warm path reads several settings on every call.
+An unset or empty variable means the default.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+__all__ = [
+    "BUILD_DIR", "COMPILER_LAUNCHER", "CPU_FINGERPRINT", "DISABLE_JIT", "LOCK_LOG_INTERVAL", "LOCK_TIMEOUT",
+    "MAX_SIZE", "PYTHON_IDENTITY", "SETTINGS", "SHARED_CACHE", "TORCH_IDENTITY", "Setting",
+]
+
+T = TypeVar("T")
+
+
+class Setting(Generic[T]):
+    """One environment variable: ``get()`` returns its parsed value, or ``default`` when unset or empty.
+
+    A value the parser rejects raises ValueError naming the variable, the value and what is expected.
+    """
+
+    __slots__ = ("default", "default_text", "doc", "name", "parse")
+
+    def __init__(self, name: str, default: T, parse: Callable[[str], T], doc: str,
+                 default_text: str = "unset") -> None:
+        self.name = name
+        self.default = default
+        self.parse = parse
+        self.doc = doc
+        self.default_text = default_text  # how the docs table shows the default
+
+    def raw(self) -> str:
+        """The variable's text, stripped ("" when unset)."""
+        return os.environ.get(self.name, "").strip()
+
+    def is_set(self) -> bool:
+        return bool(self.raw())
+
+    def get(self) -> T:
+        raw = self.raw()
+        if not raw:
+            return self.default
+        try:
+            return self.parse(raw)
+        except ValueError as error:
+            raise ValueError(f"{self.name}={os.environ.get(self.name)!r}: {error}") from None
+
+    def __repr__(self) -> str:
+        return f"Setting({self.name!r})"
+
+
+def parse_flag(text: str) -> bool:
+    """"1" (also "true", "yes", "on") or "0" (also "false", "no", "off"), any case."""
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected 1 or 0 (or true/false, yes/no, on/off)")
+
+
+def _positive_seconds(text: str, allow_infinity: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if math.isnan(value):
+        raise ValueError("expected a number of seconds, not NaN")
+    if value <= 0:
+        raise ValueError("expected a positive number of seconds")
+    if math.isinf(value) and not allow_infinity:
+        raise ValueError("expected a finite number of seconds")
+    return value
+
+
+def parse_timeout(text: str) -> float:
+    """Seconds, positive; ``inf`` waits without limit."""
+    return _positive_seconds(text, allow_infinity=True)
+
+
+def parse_interval(text: str) -> float:
+    """Seconds, positive and finite."""
+    return _positive_seconds(text, allow_infinity=False)
+
+
+def parse_size(text: str) -> int:
+    from ._units import parse_size as parse  # not on the warm path: only a set MAX_SIZE is parsed
+
+    return parse(text)
+
+
+def parse_text(text: str) -> str:
+    return text
+
+
+def parse_path(text: str) -> str:
+    """A path: no NUL or newline (ninja files and shell commands cannot hold them)."""
+    if "\0" in text or "\n" in text or "\r" in text:
+        raise ValueError("a path cannot contain a NUL byte or a line break")
+    return text
+
+
+BUILD_DIR: Setting[str] = Setting(
+    "CACHED_CPP_EXTENSION_BUILD_DIR", "", parse_path,
+    "The cache root (one folder per module inside). Found through this variable or the default, the root is "
+    "written back to `os.environ` as an absolute path on first use, so spawn and forkserver workers and "
+    "subprocesses share it even after a `chdir`. It must be a folder (or not exist yet).",
+    default_text="`./cached_cpp_extensions`")
+LOCK_TIMEOUT: Setting[float] = Setting(
+    "CACHED_CPP_EXTENSION_LOCK_TIMEOUT", 3600.0, parse_timeout,
+    "Seconds one call may wait, in all, for other threads' and processes' builds of the same module before "
+    "`LockTimeoutError`. A positive number; `inf` waits without limit.", default_text="`3600`")
+LOCK_LOG_INTERVAL: Setting[float] = Setting(
+    "CACHED_CPP_EXTENSION_LOCK_LOG_INTERVAL", 10.0, parse_interval,
+    "Seconds between the \"waiting for the build lock of ..., held by pid ... on host ...\" messages. "
+    "A positive, finite number.", default_text="`10`")
+MAX_SIZE: Setting[int | None] = Setting(
+    "CACHED_CPP_EXTENSION_MAX_SIZE", None, parse_size,
+    "A size such as `2G` or `500M` (powers of 1024): after each build, the least recently used artifacts and "
+    "build folders are deleted until the cache root fits; never the binary just built or a module being "
+    "built. An invalid value is a warning, and nothing is pruned.")
+SHARED_CACHE: Setting[bool] = Setting(
+    "CACHED_CPP_EXTENSION_SHARED_CACHE", False, parse_flag,
+    "`1`: a cache shared on purpose by a team: new folders are created `2770` and new files group-writable, "
+    "group-writable folders and other members' files are trusted (world-writable ones without the sticky "
+    "bit never are).")
+COMPILER_LAUNCHER: Setting[str] = Setting(
+    "CACHED_CPP_EXTENSION_COMPILER_LAUNCHER", "", parse_text,
+    "A command put in front of every compile (cc, c++, nvcc; never the link), e.g. `ccache` or `sccache`, "
+    "with arguments split as by a shell. Not part of the key. Not on `PATH`: `BuildError`.")
+DISABLE_JIT: Setting[bool] = Setting(
+    "CACHED_CPP_EXTENSION_DISABLE_JIT", False, parse_flag,
+    "`1`: a module that is neither cached nor usable prebuilt raises `BuildError` (saying why the prebuilt "
+    "binary did not fit) instead of compiling.")
+CPU_FINGERPRINT: Setting[str] = Setting(
+    "CACHED_CPP_EXTENSION_CPU_FINGERPRINT", "", parse_text,
+    "Replaces the CPU's identity in the key, for `-march=native` builds: nodes that are known to be identical "
+    "can share artifacts. Prebuilt binaries are not used while it is set.", default_text="the detected CPU")
+TORCH_IDENTITY: Setting[str] = Setting(
+    "CACHED_CPP_EXTENSION_TORCH_IDENTITY", "", parse_text,
+    "Added to the key, so a process poses as another torch build (tests use it); prebuilt binaries are not "
+    "used while it is set.")
+PYTHON_IDENTITY: Setting[str] = Setting(
+    "CACHED_CPP_EXTENSION_PYTHON_IDENTITY", "", parse_text,
+    "Added to the key, so a process poses as another Python (tests use it); prebuilt binaries are not used "
+    "while it is set.")
+
+SETTINGS: tuple[Setting[Any], ...] = (  # the order of the docs table
+    BUILD_DIR, LOCK_TIMEOUT, LOCK_LOG_INTERVAL, MAX_SIZE, SHARED_CACHE, COMPILER_LAUNCHER,
+    DISABLE_JIT, CPU_FINGERPRINT, TORCH_IDENTITY, PYTHON_IDENTITY,
+)
