@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
-import threading
+import time
 from collections.abc import Iterable
 from types import ModuleType
 
+from . import _settings
 from ._config import BuildConfig, make_config
-from ._errors import BuildError, cache_not_writable, is_cache_write_error
-from ._flags import get_default_cpp_cflags, get_default_cuda_cflags
+from ._errors import BuildError, LockTimeoutError, cache_not_writable, is_cache_write_error
+from ._flags import absolute_path_flags, get_default_cpp_cflags, get_default_cuda_cflags
+from ._forksafe import ForkSafeLock
 from ._loader import import_extension, memo_get, memo_put
 from ._manifest import Manifest
 from ._root import resolve_root
@@ -22,8 +25,8 @@ __all__ = ["cached_load_torch_cpp_extension"]
 
 logger = logging.getLogger("cpp_extension_tools")
 
-_thread_locks: dict[str, threading.Lock] = {}
-_thread_locks_guard = threading.Lock()
+_thread_locks: dict[str, ForkSafeLock] = {}
+_thread_locks_guard = ForkSafeLock()
 
 
 def cached_load_torch_cpp_extension(
@@ -100,13 +103,20 @@ def cached_load_torch_cpp_extension(
     else:
         log("%s: cache miss (%s)", config.name, reason)
     _allow_build(config, prebuilt_skipped)
-    return _build_and_load(store, config, verbose)
+    return _build_and_load(store, config, verbose, _deadline())
+
+
+def _deadline() -> float:
+    """When this call stops waiting for other threads' and processes' builds (time.monotonic())."""
+    return time.monotonic() + _settings.LOCK_TIMEOUT.get()
 
 
 def _allow_build(config: BuildConfig, prebuilt_skipped: str) -> None:
     """Refuse to build when JIT is disabled; say why a prebuilt binary was not used when it costs a build."""
     from ._prebuilt import DISABLE_JIT_ENV, jit_disabled  # not on the warm path
 
+    if config.with_cuda:
+        _require_cuda_toolchain(config.name)
     if jit_disabled():
         raise BuildError(
             f"{config.name!r} is not cached and building it is disabled ({DISABLE_JIT_ENV}=1): "
@@ -133,8 +143,6 @@ class _Arguments:
         self.with_cuda = with_cuda
 
     def config(self) -> BuildConfig:
-        if self.with_cuda:
-            _require_cuda_toolchain(self.name)
         return make_config(self.name, self.sources, self.include_paths, self.cflags, self.cuda_cflags,
                            self.ldflags, self.with_cuda)
 
@@ -144,10 +152,12 @@ def _validated_arguments(name: object, sources: object, include_paths: object, c
     checked_name = validate_name(name)
     checked_sources = validate_sources(sources)
     checked_includes = validate_include_paths(include_paths)
-    checked_cflags = get_default_cpp_cflags() if cflags is None else validate_flags("extra_cflags", cflags)
+    # Relative paths in flags mean the caller's working directory, not the build folder the compilers run in.
+    checked_cflags = get_default_cpp_cflags() if cflags is None else absolute_path_flags(
+        validate_flags("extra_cflags", cflags))
     checked_cuda_cflags = (get_default_cuda_cflags() if cuda_cflags is None
-                           else validate_flags("extra_cuda_cflags", cuda_cflags))
-    checked_ldflags = validate_flags("extra_ldflags", ldflags)
+                           else absolute_path_flags(validate_flags("extra_cuda_cflags", cuda_cflags)))
+    checked_ldflags = absolute_path_flags(validate_flags("extra_ldflags", ldflags), linker=True)
     if not isinstance(verbose, bool):
         raise TypeError(f"verbose: expected a bool, got {type(verbose).__name__}")
     has_cuda_sources = any(language_of(s) == "cuda" for s in checked_sources)
@@ -162,7 +172,7 @@ def _validated_arguments(name: object, sources: object, include_paths: object, c
 
 
 _prebuilt_modules: dict[str, ModuleType] = {}
-_prebuilt_guard = threading.Lock()  # threads loading the same binary get one module object
+_prebuilt_guard = ForkSafeLock()  # threads loading the same binary get one module object
 
 
 def _load_prebuilt(name: str, directory: str | os.PathLike[str], verbose: bool) -> tuple[ModuleType | None, str]:
@@ -209,28 +219,46 @@ def _load(store: ModuleStore, config: BuildConfig, manifest: Manifest) -> Module
     return module
 
 
-def _thread_lock(folder: str) -> threading.Lock:
+def _thread_lock(folder: str) -> ForkSafeLock:
     with _thread_locks_guard:
-        return _thread_locks.setdefault(folder, threading.Lock())
+        lock = _thread_locks.get(folder)
+        if lock is None:
+            lock = _thread_locks[folder] = ForkSafeLock()
+        return lock
 
 
-def _build_and_load(store: ModuleStore, config: BuildConfig, verbose: bool) -> ModuleType:
+def _build_and_load(store: ModuleStore, config: BuildConfig, verbose: bool, deadline: float) -> ModuleType:
     from ._locking import module_lock  # the slow path's modules stay out of the warm path
 
     # Read before waiting: a failure recorded while we wait was the build we
     # waited for, and is re-raised instead of being compiled again.
     failure_before = store.read_failure(config)
-    with _thread_lock(store.folder):
+    thread_lock = _thread_lock(store.folder)
+    if not thread_lock.acquire(timeout=_remaining(deadline)):
+        raise LockTimeoutError(
+            f"gave up waiting for another thread of this process to build {config.name!r} ({store.folder}) after "
+            f"{_settings.LOCK_TIMEOUT.get():.0f} s; to wait longer set {_settings.LOCK_TIMEOUT.name} (seconds)")
+    try:
         module = memo_get(store.folder, config.key)
         if module is not None:
             return module
         store.ensure_folders(config)
-        with module_lock(store.lock_path, store.owner_path, f"{config.name!r} ({store.folder})", store.root):
+        with module_lock(store.lock_path, store.owner_path, f"{config.name!r} ({store.folder})", store.root,
+                         deadline=deadline):
             store.remove_leftovers()
             manifest, _ = store.find(config, repair=True)
             if manifest is None:
                 manifest = _build_locked(store, config, verbose, failure_before)
             return _load(store, config, manifest)  # under the lock: pruning cannot remove it meanwhile
+    finally:
+        thread_lock.release()
+
+
+def _remaining(deadline: float) -> float:
+    """Seconds left until ``deadline`` (-1: no limit, as threading's acquire wants it; else at least 0)."""
+    if math.isinf(deadline):
+        return -1 if deadline > 0 else 0.0
+    return max(0.0, deadline - time.monotonic())
 
 
 def _build_locked(store: ModuleStore, config: BuildConfig, verbose: bool,
@@ -252,7 +280,7 @@ def _build_locked(store: ModuleStore, config: BuildConfig, verbose: bool,
         if is_cache_write_error(error, store.root):  # the build's own files (log, driver, state)
             raise cache_not_writable(error, store.root) from error
         raise
-    manifest = store.publish(config, outcome.library, outcome.inputs, outcome.seconds, outcome.details)
+    manifest = store.publish(config, outcome)
     store.clear_failure(config)
     _prune_after_build(store, config, manifest)
     return manifest

@@ -15,31 +15,43 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
-import sysconfig
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import _probe
-from ._config import BuildConfig
+from . import _probe, _settings
+from ._build_state import BuildState, invalidate_outdated, object_digests, output_signatures, read_state, save_state
+from ._config import COMPILER_VARIABLES, BuildConfig
 from ._driver import write_driver
+from ._elf import elf_problem
 from ._errors import DISK_FULL_ERRNOS, BuildError
-from ._fsutil import atomic_write_bytes, make_dirs
+from ._fsutil import atomic_write_bytes, make_dirs, remove_tree
 from ._hashing import FileRecord, digest_file, record_file
-from ._ninja_file import prepare_ninja_file
+from ._inputs import (
+    SearchPath,
+    folder_listing_digest,
+    header_kind,
+    link_inputs,
+    probe_search_path,
+    searched_folders,
+    system_prefixes,
+    torch_include_folder,
+)
+from ._manifest import FolderRecord, ToolRecord
+from ._ninja_file import NINJA_FILE, prepare_ninja_file
+from ._toolchain import Toolchain, compiler_launcher, resolve_toolchain
 from ._trust import folder_mode
 
-__all__ = ["LAUNCHER_ENV", "BuildOutcome", "run_build"]
+__all__ = ["BuildOutcome", "run_build"]
 
 logger = logging.getLogger("cpp_extension_tools")
 
-LAUNCHER_ENV = "CACHED_CPP_EXTENSION_COMPILER_LAUNCHER"
 _NATIVE_CPU_FILE = "cpp_extension_tools_native_cpu.txt"
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_build_worker.py")
-_STATE_FILE = "cpp_extension_tools_state.json"
 _ERROR_LINE = re.compile(r"^(?P<where>[^\s:][^:]*:\d+(?::\d+)?): (?:fatal )?error[:\s]|"
                          r"undefined reference|undefined symbol|cannot find -l|ld returned|"
                          r"^nvcc fatal|error: ", re.IGNORECASE)
@@ -52,81 +64,284 @@ _DISK_FULL_MESSAGES = tuple(os.strerror(code) for code in DISK_FULL_ERRNOS)
 class BuildOutcome:
     library: str
     inputs: list[FileRecord]
+    folders: tuple[FolderRecord, ...]
+    tools: tuple[ToolRecord, ...]
     seconds: float
     details: dict[str, Any]
 
 
+class _Repairable(Exception):
+    """A failure that a damaged build folder can explain: it is wiped and the build runs once more."""
+
+    def __init__(self, error: BuildError, why: str) -> None:
+        super().__init__(why)
+        self.error = error
+        self.why = why
+
+
+class _InputsChanged(Exception):
+    """An input changed while it was being compiled: the binary may hold either version."""
+
+    def __init__(self, path: str, deps: dict[str, list[str]]) -> None:
+        super().__init__(path)
+        self.path = path
+        self.deps = deps
+
+
 def run_build(config: BuildConfig, build_folder: str, verbose: bool) -> BuildOutcome:
+    """Build ``config`` in ``build_folder``: the binary and exactly the inputs it was compiled from.
+
+    An input edited during the build makes it run again (at most _BUILD_ATTEMPTS times in all); a
+    failure or a damaged output in a reused build folder makes it wipe the folder and build once
+    from scratch before the error is reported.
+    """
+    toolchain = resolve_toolchain(config)
+    launcher = compiler_launcher(config, verbose)
+    known: set[str] = set()
+    for attempt in range(1, _BUILD_ATTEMPTS + 1):
+        try:
+            return _build_repairing(config, build_folder, verbose, toolchain, launcher, known)
+        except _InputsChanged as changed:
+            known.update(p for paths in changed.deps.values() for p in paths)
+            if attempt == _BUILD_ATTEMPTS:
+                raise BuildError(
+                    f"Error building extension {config.name!r}: {changed.path} changed while it was being "
+                    f"compiled, {attempt} times in a row; nothing was published. Call again once the edits "
+                    "are done.", name=config.name, log_path=os.path.join(build_folder, "build.log")) from None
+            logger.warning("%s: %s changed while it was being compiled; building again", config.name, changed.path)
+    raise AssertionError("unreachable")
+
+
+_BUILD_ATTEMPTS = 3
+
+
+def _build_repairing(config: BuildConfig, build_folder: str, verbose: bool, toolchain: Toolchain,
+                     launcher: list[str], known: set[str]) -> BuildOutcome:
+    fresh = _prepare_folder(build_folder)
+    try:
+        return _build_in(config, build_folder, verbose, toolchain, launcher, known)
+    except _Repairable as failure:
+        if fresh:
+            raise failure.error from None
+        logger.warning("%s: %s; deleting the build folder %s and building once from scratch", config.name,
+                       failure.why, build_folder)
+    remove_tree(build_folder)
+    _prepare_folder(build_folder)
+    try:
+        return _build_in(config, build_folder, verbose, toolchain, launcher, known)
+    except _Repairable as failure:
+        raise failure.error from None
+
+
+def _prepare_folder(build_folder: str) -> bool:
+    """Make the build folder (replacing a plain file in its place); True when it holds nothing yet."""
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISDIR(os.lstat(build_folder).st_mode):
+            logger.warning("deleting %s: a build folder was expected there", build_folder)
+            os.unlink(build_folder)
     make_dirs(build_folder, folder_mode())
     _remove_stale_baton(build_folder)
-    state = _read_state(build_folder)
-    _invalidate_changed_objects(build_folder, state)
-    source_digests = {path: digest_file(path) for path in config.sources}
-    compilers = _compilers(config)
-    launcher = _compiler_launcher(config, verbose)
-    driver = write_driver(build_folder, compilers["cc"], compilers["cxx"], launcher)
+    return not os.listdir(build_folder)
+
+
+def _build_in(config: BuildConfig, build_folder: str, verbose: bool, toolchain: Toolchain, launcher: list[str],
+              known: set[str]) -> BuildOutcome:
+    state = read_state(build_folder)
+    invalidate_outdated(build_folder, state)
+    link_files, link_folders = link_inputs(config.ldflags)
+    recorded = [p for deps in _dict(state.get("objects")).values() if isinstance(deps, dict) for p in deps]
+    snapshot = _snapshot([*config.sources, *link_files, *known, *recorded])
+    commands = toolchain.commands()
+    driver = write_driver(build_folder, commands["cc"], commands["cxx"], launcher)
     log_path = os.path.join(build_folder, "build.log")
-    started = time.monotonic()
     logger.info("building %s (%d source%s) in %s", config.name, len(config.sources),
                 "" if len(config.sources) == 1 else "s", build_folder)
     from ._build_worker import with_unique_object_names
 
     ninja_only = prepare_ninja_file(config, build_folder,
                                     with_unique_object_names(list(config.sources), build_folder), driver)
-    identity, versions = _compiler_identity(config), _cached_compiler_versions(state, config)
-    result = _run_worker(config, build_folder, driver, launcher, compilers if versions is None else {}, log_path,
+    versions = _cached_compiler_versions(state, toolchain)
+    before = _stamp_before([*_dict(state.get("folders")), *link_folders,
+                            *(os.path.dirname(p) for p in config.sources), *config.include_paths])
+    started_ns, started = time.time_ns(), time.monotonic()
+    result = _run_worker(config, build_folder, driver, launcher, commands if versions is None else {}, log_path,
                          verbose, ninja_only)
     seconds = time.monotonic() - started
     if not result.get("ok"):
-        raise _build_error(config.name, result, log_path)
-    inputs = _collect_inputs(config, result.get("deps", {}), build_folder)
-    changed = [p for p, d in source_digests.items() if digest_file(p) != d]
-    if changed:
-        raise BuildError(f"{changed[0]} changed while {config.name} was being built; call again to "
-                         "build the new version", name=config.name, log_path=log_path)
+        raise _failure(config, result, log_path, build_folder)
+    library = os.path.join(build_folder, f"{config.name}.so")
+    problem = elf_problem(library, f"PyInit_{config.name}")
+    if problem is not None:
+        raise _damaged_output(config, library, problem, log_path)
+    deps = result.get("deps", {})
+    search = _search_paths(config, build_folder, commands, state)
+    inputs, headers = _collect_inputs(config, deps, build_folder, search, link_files, snapshot, started_ns)
+    exclude = (torch_include_folder() + os.sep, os.path.realpath(build_folder) + os.sep,
+               os.path.abspath(build_folder) + os.sep)
+    folders = searched_folders(search.values(), headers, config.sources, link_folders, exclude)
+    folder_records, listings = _stamp_folders(folders, started_ns, before)
     versions = result.get("compiler_versions", {}) if versions is None else versions
-    _save_state(build_folder, result.get("deps", {}), identity, versions)
+    save_state(build_folder, {
+        "objects": object_digests(deps), "outputs": output_signatures([*deps, library]), "folders": listings,
+        "compiler_identity": toolchain.identity(), "compiler_versions": versions,
+        "builtin_search": {k: list(v.folders) for k, v in search.items() if k.startswith("builtin:")}})
     logger.info("built %s in %.1f s", config.name, seconds)
     details = {"configuration": config.describe(), "compiler_versions": versions,
                "cuda_arch_list": result.get("cuda_arch_list"), "build_folder": build_folder}
-    return BuildOutcome(os.path.join(build_folder, f"{config.name}.so"), inputs, seconds, details)
+    return BuildOutcome(library, inputs, folder_records, toolchain.records(), seconds, details)
 
 
-def _compilers(config: BuildConfig) -> dict[str, list[str]]:
-    cxx = _probe.resolve_compiler("CXX", "c++")
-    compilers = {"cxx": [cxx.path, *cxx.words[1:]]}
-    cc = _probe.resolve_compiler("CC", "cc") if "c" in config.languages else None
-    compilers["cc"] = [cc.path, *cc.words[1:]] if cc else ["cc"]
-    if config.with_cuda:
-        compilers["nvcc"] = [_probe.find_nvcc() or "nvcc"]
-    return compilers
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
-def _compiler_launcher(config: BuildConfig, verbose: bool) -> list[str]:
-    """CACHED_CPP_EXTENSION_COMPILER_LAUNCHER as words, its program resolved to an absolute path; [] if unset.
+def _snapshot(paths: list[str]) -> dict[str, str | None]:
+    """Content digests of the inputs known before the build (None: absent or unreadable)."""
+    snapshot: dict[str, str | None] = {}
+    for path in dict.fromkeys(paths):
+        try:
+            snapshot[path] = digest_file(path)
+        except OSError:
+            snapshot[path] = None
+    return snapshot
 
-    Not part of the configuration key: a launcher (ccache, sccache) changes how objects are
-    compiled, not what they are, so builds with and without one share artifacts.
+
+# A file or folder changed less than this before the build started may have changed while it ran:
+# time stamps come from the kernel's coarse clock, which lags the one time.time_ns() reads.
+_CLOCK_MARGIN_NS = 10_000_000
+
+
+def _failure(config: BuildConfig, result: dict[str, Any], log_path: str, build_folder: str) -> Exception:
+    """The BuildError for a failed build, wrapped as _Repairable unless the compiler rejected the user's code."""
+    error = _build_error(config.name, result, log_path)
+    own = os.path.abspath(build_folder) + os.sep
+    located = [line for line in error.compiler_output.splitlines() if _LOCATED_ERROR.match(line)]
+    if located and not all(line.startswith(own) for line in located):
+        return error  # the compiler's diagnostics point into the user's files: a build from scratch says the same
+    return _Repairable(error, f"the build failed ({str(result.get('error', 'unknown error')).splitlines()[0]})"
+                       if result.get("error") else "the build failed")
+
+
+_LOCATED_ERROR = re.compile(r"^[^\s:][^:]*:\d+(?::\d+)?: (?:fatal )?error")
+
+
+def _damaged_output(config: BuildConfig, library: str, problem: str, log_path: str) -> _Repairable:
+    error = BuildError(
+        f"Error building extension {config.name!r}: the linked binary {library} is unusable: {problem}. "
+        + (f"A Python module must define PyInit_{config.name} (in C: PyMODINIT_FUNC "
+           f"PyInit_{config.name}(void), or use the TORCH_EXTENSION_NAME macro; with pybind11: "
+           "PYBIND11_MODULE(TORCH_EXTENSION_NAME, m))." if "does not define" in problem else "Nothing was published.")
+        + f"\nFull build log: {log_path}", name=config.name, log_path=log_path)
+    return _Repairable(error, f"the linked binary is unusable ({problem})")
+
+
+def _search_paths(config: BuildConfig, build_folder: str, commands: dict[str, list[str]],
+                  state: BuildState) -> dict[str, SearchPath]:
+    """Per language: the folders searched with the build's flags, and ("builtin:<lang>") without them."""
+    flags = _ninja_flags(build_folder)
+    languages = {"c": ("cc", "c"), "c++": ("cxx", "c++"), "cuda": ("cxx", "c++")}
+    cached = _dict(state.get("builtin_search"))
+    bare_env = {k: v for k, v in os.environ.items() if k not in COMPILER_VARIABLES}
+    result: dict[str, SearchPath] = {}
+    for language in sorted(config.languages):
+        role, spelling = languages[language]
+        result[language] = probe_search_path(commands[role], flags, spelling, build_folder, None)
+        builtin = cached.get(f"builtin:{language}") if state.get("compiler_identity") else None
+        if isinstance(builtin, list) and all(isinstance(f, str) for f in builtin):
+            result[f"builtin:{language}"] = SearchPath(tuple(builtin), ())
+        else:
+            result[f"builtin:{language}"] = probe_search_path(commands[role], [], spelling, build_folder, bare_env)
+    return result
+
+
+def _ninja_flags(build_folder: str) -> list[str]:
+    """The compile flags written in build.ninja (cflags and post_cflags), as words."""
+    words: list[str] = []
+    with contextlib.suppress(OSError, ValueError), open(os.path.join(build_folder, NINJA_FILE), encoding="utf-8",
+                                                         errors="replace") as f:
+        for line in f:
+            name, _, value = line.partition(" = ")
+            if name in ("cflags", "post_cflags", "cuda_cflags", "cuda_post_cflags"):
+                words += shlex.split(value.replace("$$", "$"))
+    return words
+
+
+def _collect_inputs(config: BuildConfig, deps: dict[str, list[str]], build_folder: str,
+                    search: dict[str, SearchPath], link_files: list[str], snapshot: dict[str, str | None],
+                    started_ns: int) -> tuple[list[FileRecord], list[str]]:
+    """(records of the sources, the user's headers and the linker's inputs; every header read).
+
+    Each record must hold what the compiler read: an input whose content differs from the snapshot
+    taken before the build, or, when there was none, that changed after the build started, raises
+    _InputsChanged.
     """
-    value = os.environ.get(LAUNCHER_ENV, "")
+    builtin = [f for k, p in search.items() if k.startswith("builtin:") for f in p.folders]
+    system = system_prefixes(builtin, _probe.find_cuda_home() if config.with_cuda else None)
+    user = tuple(os.path.realpath(p) + os.sep for p in config.include_paths)
+    torch_prefix = torch_include_folder() + os.sep
+    own = os.path.realpath(build_folder) + os.sep  # the stand-ins of sources with colliding object names
+    headers: set[str] = set()
+    tracked: set[str] = set()
+    for paths in deps.values():
+        for path in paths:
+            if path in config.sources or os.path.realpath(path).startswith(own):
+                continue
+            headers.add(os.path.abspath(path))
+            if header_kind(path, torch_prefix, system, user) == "user":
+                tracked.add(os.path.abspath(path))
+    records = [_checked_record(p, snapshot, started_ns, deps)
+               for p in [*config.sources, *sorted(tracked), *link_files] if os.path.isfile(p)]
+    return records, sorted(headers)
+
+
+def _checked_record(path: str, snapshot: dict[str, str | None], started_ns: int,
+                    deps: dict[str, list[str]]) -> FileRecord:
     try:
-        words = shlex.split(value)
-    except ValueError as error:
-        raise BuildError(f"Error building extension {config.name!r}: {LAUNCHER_ENV}={value!r} is not a valid "
-                         f"command ({error}); quote it as in a shell, or unset {LAUNCHER_ENV}",
-                         name=config.name) from error
-    if not words:
-        return []
-    program = shutil.which(words[0])
-    if program is None:
-        raise BuildError(f"Error building extension {config.name!r}: the compiler launcher {words[0]!r} (from "
-                         f"{LAUNCHER_ENV}={value!r}) was not found on PATH; install it (e.g. 'apt install "
-                         f"ccache') or unset {LAUNCHER_ENV}", name=config.name)
-    launcher = [os.path.abspath(program), *words[1:]]
-    # ninja's command lines show the driver, not what it runs: this line is where verbose builds show it.
-    logger.log(logging.INFO if verbose else logging.DEBUG, "%s: compiles go through the launcher %s (%s)",
-               config.name, shlex.join(launcher), LAUNCHER_ENV)
-    return launcher
+        record = record_file(path, snapshot.get(path))
+    except (ValueError, OSError):
+        raise _InputsChanged(path, deps) from None
+    if path not in snapshot and record.ctime_ns >= started_ns - _CLOCK_MARGIN_NS:
+        raise _InputsChanged(path, deps)  # first seen now, and written while the build ran
+    return record
+
+
+def _stamp_before(folders: list[str]) -> dict[str, int]:
+    """The mtimes of the folders known to matter, taken before the build, after any racy tick has passed.
+
+    A folder changed within the coarse clock's tick before this moment could change again in the same
+    tick, during the build, and keep its mtime: waiting out that tick (at most _CLOCK_MARGIN_NS, only
+    when it is that recent) makes every later change show.
+    """
+    stamps: dict[str, int] = {}
+    for folder in dict.fromkeys(folders):
+        with contextlib.suppress(OSError):
+            stamps[folder] = os.stat(folder).st_mtime_ns
+    newest = max(stamps.values(), default=0)
+    wait_ns = newest + _CLOCK_MARGIN_NS - time.time_ns()
+    if wait_ns > 0:
+        time.sleep(wait_ns / 1e9)
+    return stamps
+
+
+def _stamp_folders(folders: list[str], started_ns: int,
+                   before: dict[str, int]) -> tuple[tuple[FolderRecord, ...], dict[str, str]]:
+    """(the manifest's folder records, the state's listing digests).
+
+    A folder changed while the build ran (its mtime differs from ``before``, or, for one first seen
+    now, is newer than the build's start) gets mtime 0 and no listing: the next call rebuilds, and
+    recompiles everything.
+    """
+    records: list[FolderRecord] = []
+    listings: dict[str, str] = {}
+    for folder in folders:
+        try:
+            mtime = os.stat(folder).st_mtime_ns
+        except OSError:
+            continue
+        changed = mtime != before[folder] if folder in before else mtime >= started_ns - _CLOCK_MARGIN_NS
+        records.append(FolderRecord(folder, 0 if changed else mtime))
+        listings[folder] = "" if changed else folder_listing_digest(folder)
+    return tuple(records), listings
 
 
 def _remove_stale_baton(build_folder: str) -> None:
@@ -139,97 +354,15 @@ def _remove_stale_baton(build_folder: str) -> None:
         logger.warning("removed a stale torch build lock left by a killed build: %s", baton)
 
 
-def _read_state(build_folder: str) -> dict[str, Any]:
-    """What the last successful build here recorded ({} when nothing usable was)."""
-    try:
-        with open(os.path.join(build_folder, _STATE_FILE), encoding="utf-8") as f:
-            state = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return state if isinstance(state, dict) else {}
-
-
-def _invalidate_changed_objects(build_folder: str, state: dict[str, Any]) -> None:
-    """Delete objects whose recorded inputs changed content.
-
-    ninja rebuilds by timestamps only; a source restored with an older mtime
-    (an archive, ``cp -p``, a clock step) would leave a stale object in the
-    link. Content decides here, so such an object is removed and rebuilt.
-    """
-    objects = state.get("objects")
-    if not isinstance(objects, dict):
-        return
-    for obj, deps in objects.items():
-        if not isinstance(deps, dict) or os.path.dirname(os.path.abspath(obj)) != os.path.abspath(build_folder):
-            continue
-        for path, digest in deps.items():
-            try:
-                unchanged = digest_file(path) == digest
-            except OSError:
-                unchanged = False
-            if not unchanged:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(obj)
-                break
-
-
-def _save_state(build_folder: str, deps: dict[str, list[str]], compiler_identity: dict[str, Any],
-                compiler_versions: dict[str, str]) -> None:
-    objects: dict[str, dict[str, str]] = {}
-    for obj, paths in deps.items():
-        with contextlib.suppress(OSError):
-            objects[obj] = {p: digest_file(p) for p in paths}
-    state = {"objects": objects, "compiler_identity": compiler_identity, "compiler_versions": compiler_versions}
-    atomic_write_bytes(os.path.join(build_folder, _STATE_FILE), json.dumps(state).encode())
-
-
-def _compiler_identity(config: BuildConfig) -> dict[str, Any]:
-    """The compilers' path, size, mtime and inode (from the key): their versions cannot change unless this does."""
-    return {role: config.environment.get(role) for role in ("cxx", "cc", "nvcc")}
-
-
-def _cached_compiler_versions(state: dict[str, Any], config: BuildConfig) -> dict[str, str] | None:
+def _cached_compiler_versions(state: BuildState, toolchain: Toolchain) -> dict[str, str] | None:
     """The versions recorded by the last build here, if the compilers are the same files; else None.
 
     Asking each compiler for ``--version`` costs a few milliseconds per compiler on every rebuild.
     """
     versions = state.get("compiler_versions")
-    if not isinstance(versions, dict) or not versions or state.get("compiler_identity") != _compiler_identity(config):
+    if not isinstance(versions, dict) or not versions or state.get("compiler_identity") != toolchain.identity():
         return None
     return {str(role): str(line) for role, line in versions.items()}
-
-
-def _system_prefixes(config: BuildConfig) -> tuple[str, ...]:
-    """Folders whose headers are covered by versions in the key rather than by content."""
-    import torch
-
-    prefixes = {os.path.join(os.path.dirname(torch.__file__), "include"), "/usr/include", "/usr/lib/gcc",
-                "/usr/local/cuda", "/usr/lib/llvm"}
-    for name in ("include", "platinclude"):
-        path = sysconfig.get_paths().get(name)
-        if path:
-            prefixes.add(path)
-    nvcc = _probe.find_nvcc()
-    if config.with_cuda and nvcc:
-        prefixes.add(os.path.dirname(os.path.dirname(os.path.realpath(nvcc.split()[0]))))
-    return tuple(os.path.realpath(p) + os.sep for p in prefixes)
-
-
-def _collect_inputs(config: BuildConfig, deps: dict[str, list[str]], build_folder: str) -> list[FileRecord]:
-    """Sources plus the user headers they included, each with its content digest."""
-    system = _system_prefixes(config)
-    user = tuple(os.path.realpath(p) + os.sep for p in config.include_paths)
-    own = os.path.realpath(build_folder) + os.sep  # the stand-ins of sources with colliding object names
-    headers: set[str] = set()
-    for paths in deps.values():
-        for path in paths:
-            real = os.path.realpath(path)
-            if (path in config.sources or real.startswith(own)
-                    or (real.startswith(system) and not real.startswith(user))):
-                continue
-            headers.add(os.path.abspath(path))
-    return [record_file(p) for p in config.sources] + [record_file(p) for p in sorted(headers)
-                                                       if os.path.isfile(p)]
 
 
 def _ninja_folder() -> str | None:
@@ -298,26 +431,29 @@ def _run_worker(config: BuildConfig, build_folder: str, driver: str, launcher: S
     env = _worker_environment(config, driver, launcher)
     # -S: without torch to import, the worker needs no site-packages, and starts in ~10 ms instead of ~40.
     command = [sys.executable, *(["-S"] if ninja_only else []), _WORKER, spec_path, result_path, str(os.getpid())]
+    # A team cache: every member must be able to overwrite what the build writes (objects, the log).
+    umask = 0o007 if _settings.SHARED_CACHE.get() else -1
     with open(log_path, "w", encoding="utf-8", errors="replace") as log:
         process = subprocess.Popen(command, cwd=build_folder, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, text=True, errors="replace")
+                                   start_new_session=True, text=True, errors="replace", umask=umask)
         try:
-            assert process.stdout is not None
+            if process.stdout is None:
+                raise RuntimeError("the build worker's output is not a pipe")
             for line in process.stdout:
                 log.write(line)
                 log.flush()
                 _log_progress(line.rstrip("\n"), verbose)
             returncode = process.wait()
-        except BaseException:
+        finally:
+            # Whatever the worker's end, nothing it started may outlive it: a compiler orphaned by a
+            # killed ninja could write into the objects of a later build.
             _stop_worker(process)
-            raise
     try:
         with open(result_path, encoding="utf-8") as f:
             result: dict[str, Any] = json.load(f)
     except (OSError, ValueError):
         how = f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
-        _stop_worker(process)
         result = {"ok": False, "error": f"the build worker ended without a result ({how})"}
     return result
 

@@ -6,8 +6,11 @@ torch.utils.cpp_extension compiles every non-CUDA source with one ninja rule,
 /bin/sh script looks at the file after ``-c``: a .c file goes to the C
 compiler with C++-only flags removed, anything else (C++ files, the link
 step, torch's compiler probes) goes to the C++ compiler unchanged but for
-C-only -std flags. A compiler launcher (ccache, sccache), when given, goes in
-front of the compiler for compiles (``-c``) only.
+C-only -std flags. torch asks for dependency files with ``-MMD``, which leaves
+out headers found through ``-isystem`` and the system folders; the driver asks
+for ``-MD`` instead, so every header the compiler read is known (see _inputs).
+A compiler launcher (ccache, sccache), when given, goes in front of the
+compiler for compiles (``-c``) only.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ case $source in
         shift
         case $arg in
         {cxx_only}) continue ;;
+        -MMD) arg=-MD ;;
         esac
         set -- "$@" "$arg"
     done
@@ -55,6 +59,7 @@ case $source in
         shift
         case $arg in
         {c_only}) continue ;;
+        -MMD) arg=-MD ;;
         esac
         set -- "$@" "$arg"
     done

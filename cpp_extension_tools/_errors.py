@@ -80,8 +80,18 @@ _NOT_WRITABLE_ERRNOS = DISK_FULL_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPER
 
 
 def is_cache_write_error(error: OSError, root: str) -> bool:
-    """Whether ``error`` is a failed write into the cache (a full disk often names no file)."""
-    return error.errno in _NOT_WRITABLE_ERRNOS or str(error.filename or "").startswith(root + os.sep)
+    """Whether ``error`` is a failed write into the cache.
+
+    A full disk often names no file, so it counts wherever it happened; a permission or read-only error
+    counts only when it names a path in the cache (or none): EACCES on a source or a compiler is the
+    user's problem there, not the cache's.
+    """
+    filename = str(error.filename or "")
+    if filename.startswith(root + os.sep) or filename == root:
+        return True
+    if error.errno in DISK_FULL_ERRNOS:
+        return True
+    return error.errno in _NOT_WRITABLE_ERRNOS and not filename
 
 
 def cache_not_writable(error: OSError, root: str) -> CacheNotWritableError:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["PORTABLE_CPU_BASELINES", "get_default_cpp_cflags", "get_default_cuda_cflags", "get_portable_cpp_cflags",
+__all__ = ["PORTABLE_CPU_BASELINES", "absolute_path_flags",
+           "get_default_cpp_cflags", "get_default_cuda_cflags", "get_portable_cpp_cflags",
            "get_portable_cuda_cflags", "portable_cpu_baseline", "target_cpu", "uses_native_cpu"]
 
 # What prebuilt binaries (wheels) are compiled for, by platform.machine(): x86-64-v2 (SSE4.2,
@@ -75,3 +76,49 @@ def _expand_nvcc_host_flags(flags: Iterable[str]) -> list[str]:
         else:
             expanded.extend(flag.split(","))
     return expanded
+
+
+# Flags whose value is a path, attached ("-Iinc") or as the next word ("-isystem inc").
+_PATH_FLAGS = ("-I", "-isystem", "-idirafter", "-iquote", "-include", "-imacros", "-isysroot", "--sysroot", "-L",
+               "-B")
+_ATTACHED_ONLY = ("-I", "-L", "-B")  # "-isystem" as a prefix would also match "-isystemfoo": spelled apart
+
+
+def absolute_path_flags(flags: list[str], linker: bool = False) -> list[str]:
+    """``flags`` with relative paths made absolute against the current working directory.
+
+    The compilers run in the build folder, where "-Iinc" would mean something else than the caller
+    meant. With ``linker``, bare words that name existing files (objects, static libraries) count too.
+    """
+    import os
+
+    result: list[str] = []
+    expects_path = False
+    for flag in flags:
+        if expects_path:
+            result.append(os.path.abspath(flag) if flag else flag)
+            expects_path = False
+            continue
+        if flag in _PATH_FLAGS:
+            expects_path = True
+            result.append(flag)
+            continue
+        result.append(_absolute_attached(flag, linker))
+    return result
+
+
+def _absolute_attached(flag: str, linker: bool) -> str:
+    import os
+
+    for prefix in _PATH_FLAGS:
+        if flag.startswith(prefix) and len(flag) > len(prefix) and (prefix in _ATTACHED_ONLY or
+                                                                     flag[len(prefix)] == "="):
+            value = flag[len(prefix):]
+            separator = "=" if value.startswith("=") and prefix not in _ATTACHED_ONLY else ""
+            path = value[len(separator):]
+            if path.startswith("=") or os.path.isabs(path):  # "-I=dir" is relative to the sysroot: left as is
+                return flag
+            return prefix + separator + os.path.abspath(path)
+    if linker and not flag.startswith("-") and not os.path.isabs(flag) and os.path.isfile(flag):
+        return os.path.abspath(flag)
+    return flag

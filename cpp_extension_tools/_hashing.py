@@ -1,33 +1,41 @@
-"""Content digests of files and of JSON-like values.
+"""Content digests of files and of JSON-like values, and the stat fast path that avoids them.
 
-File digests are memoized per process by stat signature (size, mtime, inode),
-so a file is hashed again only after it changed on disk.
+File digests are memoized per process by the file's full stat signature (size,
+mtime, ctime, inode, device), so a file is hashed again only after it changed
+on disk. Only regular files are read, and they are opened non-blocking: a FIFO
+or device planted where an input should be can never make a lookup block.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
-import threading
+import stat
 import time
 from typing import Any
 
-__all__ = ["FileRecord", "digest_file", "digest_value", "file_matches", "record_file", "stat_signature"]
+from ._forksafe import ForkSafeLock
+
+__all__ = ["FileRecord", "digest_fd", "digest_file", "digest_value", "file_matches", "open_regular", "record_file",
+           "stat_signature", "trusted_stat"]
 
 _CHUNK = 1 << 20
-_memo: dict[str, tuple[tuple[int, int, int], str]] = {}
-_memo_lock = threading.Lock()
+_memo: dict[str, tuple[tuple[int, ...], str]] = {}
+_memo_lock = ForkSafeLock()
 
-# A file written less than this long before we hashed it might be written
-# again within the same mtime tick (coarse on many file systems) with the same
-# size; its recorded mtime is then left out, so lookups hash it instead of
-# trusting the stat (git calls this the "racy" case).
-_RACY_SECONDS = 0.1
+# A file changed within the file system's timestamp granularity of the moment we record it could be
+# written again within the same tick with the same size and stamps (git's "racy" case). ext4 and tmpfs
+# stamp files from the kernel's coarse clock (a few ms); file systems that store whole seconds show
+# it in their stamps, and get a wider window.
+_RACY_FINE_NS = 50_000_000
+_RACY_COARSE_NS = 2_000_000_000
 
 
-def stat_signature(st: os.stat_result) -> tuple[int, int, int]:
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
+def stat_signature(st: os.stat_result) -> tuple[int, ...]:
+    """What a stat can tell about a file's content: a rename gives a new inode, an in-place write a new ctime."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
 def digest_value(value: Any) -> str:
@@ -36,66 +44,117 @@ def digest_value(value: Any) -> str:
     return hashlib.sha256(encoded.encode()).hexdigest()
 
 
-def digest_file(path: str) -> str:
-    """SHA-256 of a file's content, memoized by its stat signature."""
-    st = os.stat(path)
-    signature = stat_signature(st)
-    with _memo_lock:
-        cached = _memo.get(path)
-    if cached is not None and cached[0] == signature:
-        return cached[1]
+def open_regular(path: str, dir_fd: int | None = None) -> tuple[int, os.stat_result]:
+    """Open a regular file for reading without ever blocking: (fd, its fstat); OSError for anything else."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def digest_fd(fd: int) -> str:
+    """SHA-256 of what an open file holds, read from its start."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    result = digest.hexdigest()
-    # Memoize only if the file did not change while we read it.
-    if stat_signature(os.stat(path)) == signature:
+    offset = 0
+    while chunk := os.pread(fd, _CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
+
+
+def digest_file(path: str) -> str:
+    """SHA-256 of a regular file's content, memoized by its stat signature."""
+    fd, st = open_regular(path)
+    try:
+        signature = stat_signature(st)
         with _memo_lock:
-            _memo[path] = (signature, result)
-    return result
+            cached = _memo.get(path)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        result = digest_fd(fd)
+        # Memoize only if the file did not change while we read it.
+        if stat_signature(os.fstat(fd)) == signature:
+            with _memo_lock:
+                _memo[path] = (signature, result)
+        return result
+    finally:
+        os.close(fd)
 
 
 class FileRecord:
-    """What a manifest remembers of one input file (mtime_ns is 0 when too fresh to trust)."""
+    """What a manifest remembers of one file: content digest and stat signature.
 
-    __slots__ = ("mtime_ns", "path", "sha256", "size")
+    ``mtime_ns`` is 0 when the file was too fresh to trust its stamps (see trusted_stat): the content is
+    then hashed on every check.
+    """
 
-    def __init__(self, path: str, size: int, mtime_ns: int, sha256: str) -> None:
+    __slots__ = ("ctime_ns", "dev", "inode", "mtime_ns", "path", "sha256", "size")
+
+    def __init__(self, path: str, size: int, mtime_ns: int, sha256: str, ctime_ns: int = 0, inode: int = 0,
+                 dev: int = 0) -> None:
         self.path = path
         self.size = size
         self.mtime_ns = mtime_ns
         self.sha256 = sha256
+        self.ctime_ns = ctime_ns
+        self.inode = inode
+        self.dev = dev
 
     def __repr__(self) -> str:
         return f"FileRecord({self.path!r}, size={self.size}, sha256={self.sha256[:12]}...)"
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns, "sha256": self.sha256}
+        return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns, "sha256": self.sha256,
+                "ctime_ns": self.ctime_ns, "inode": self.inode, "dev": self.dev}
+
+    def stat_matches(self, st: os.stat_result) -> bool:
+        """True when ``st`` is the recorded file unchanged, as far as a stat can tell."""
+        return (self.mtime_ns != 0 and st.st_size == self.size and st.st_mtime_ns == self.mtime_ns
+                and st.st_ctime_ns == self.ctime_ns and st.st_ino == self.inode and st.st_dev == self.dev)
 
 
-def record_file(path: str) -> FileRecord:
-    st = os.stat(path)
-    sha = digest_file(path)
-    fresh = time.time_ns() - st.st_mtime_ns < _RACY_SECONDS * 1e9
-    return FileRecord(path, st.st_size, 0 if fresh else st.st_mtime_ns, sha)
+def trusted_stat(st: os.stat_result, now_ns: int) -> bool:
+    """Whether a file's stamps, recorded at ``now_ns``, can stand for its content later."""
+    newest = max(st.st_mtime_ns, st.st_ctime_ns)
+    whole_seconds = st.st_mtime_ns % 1_000_000_000 == 0 and st.st_ctime_ns % 1_000_000_000 == 0
+    return now_ns - newest >= (_RACY_COARSE_NS if whole_seconds else _RACY_FINE_NS)
+
+
+def record_file(path: str, expected_sha256: str | None = None) -> FileRecord:
+    """The record of ``path`` now; ``expected_sha256``, if given, must be its content (else ValueError)."""
+    fd, st = open_regular(path)
+    try:
+        sha = digest_fd(fd)
+        unchanged = stat_signature(os.fstat(fd)) == stat_signature(st)
+    finally:
+        os.close(fd)
+    if expected_sha256 is not None and sha != expected_sha256:
+        raise ValueError(f"{path} changed")
+    trusted = unchanged and trusted_stat(st, time.time_ns())
+    return FileRecord(path, st.st_size, st.st_mtime_ns if trusted else 0, sha, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
 def file_matches(record: FileRecord) -> bool:
     """True when the file on disk still has the recorded content.
 
-    A matching size and mtime is trusted without reading the file; otherwise
-    the content is hashed (a ``touch`` or a checkout of identical content is
-    not a change).
+    A stat matching in size, mtime, ctime, inode and device is trusted without reading the file;
+    otherwise the content is hashed (a ``touch`` or a checkout of identical content is not a change).
+    What a stat cannot see: bytes changed with every stat field intact (bit rot, or a raw write to the
+    block device).
     """
     try:
         st = os.stat(record.path)
     except OSError:
         return False
-    if st.st_size != record.size:
-        return False
-    if record.mtime_ns and st.st_mtime_ns == record.mtime_ns:
+    if record.stat_matches(st):
         return True
+    if st.st_size != record.size or not stat.S_ISREG(st.st_mode):
+        return False
     try:
         return digest_file(record.path) == record.sha256
     except OSError:

@@ -3,6 +3,11 @@
 A manifest is written last, after the binary it describes, so its presence
 means the artifact is complete. Reading is strict: any malformed manifest
 raises ManifestError and the entry is treated as absent, never half-trusted.
+
+Besides the binary and the input files (sources and every header the compiler
+read that is not covered by an identity in the key), it records the folders the
+compiler and linker searched (a file created in one could now be found first)
+and the compilers that built it (checked by stat on a hit, never looked up).
 """
 
 from __future__ import annotations
@@ -12,13 +17,47 @@ import os
 from typing import Any
 
 from ._errors import ManifestError
-from ._hashing import FileRecord
+from ._hashing import FileRecord, open_regular
 
-__all__ = ["MANIFEST_NAME", "Manifest", "parse_manifest", "read_manifest"]
+__all__ = ["MANIFEST_NAME", "FolderRecord", "Manifest", "ToolRecord", "parse_manifest", "read_manifest"]
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
 _MAX_MANIFEST_BYTES = 16 << 20
+_HEX_DIGITS = "0123456789abcdef"
+
+
+class FolderRecord:
+    """A folder the compiler or linker searched: its mtime changes when an entry is created or removed in it."""
+
+    __slots__ = ("mtime_ns", "path")
+
+    def __init__(self, path: str, mtime_ns: int) -> None:
+        self.path = path
+        self.mtime_ns = mtime_ns
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "mtime_ns": self.mtime_ns}
+
+
+class ToolRecord:
+    """A compiler the artifact was built with: where it was and its stat then (its version is in ``details``)."""
+
+    __slots__ = ("inode", "mtime_ns", "path", "role", "size")
+
+    def __init__(self, role: str, path: str, size: int, mtime_ns: int, inode: int) -> None:
+        self.role = role
+        self.path = path
+        self.size = size
+        self.mtime_ns = mtime_ns
+        self.inode = inode
+
+    def to_json(self) -> dict[str, Any]:
+        return {"role": self.role, "path": self.path, "size": self.size, "mtime_ns": self.mtime_ns,
+                "inode": self.inode}
+
+    def matches(self, st: os.stat_result) -> bool:
+        return (st.st_size, st.st_mtime_ns, st.st_ino) == (self.size, self.mtime_ns, self.inode)
 
 
 class Manifest:
@@ -30,17 +69,20 @@ class Manifest:
         "build_seconds",
         "created_at",
         "details",
+        "folders",
         "inputs",
         "key",
         "library",
         "library_file",
         "name",
         "sources",
+        "tools",
     )
 
     def __init__(self, *, name: str, key: str, artifact_id: str, library_file: str, library: FileRecord,
                  sources: tuple[str, ...], inputs: tuple[FileRecord, ...], created_at: float,
-                 build_seconds: float, details: dict[str, Any]) -> None:
+                 build_seconds: float, details: dict[str, Any], folders: tuple[FolderRecord, ...] = (),
+                 tools: tuple[ToolRecord, ...] = ()) -> None:
         self.name = name
         self.key = key
         self.artifact_id = artifact_id
@@ -51,27 +93,36 @@ class Manifest:
         self.created_at = created_at
         self.build_seconds = build_seconds
         self.details = details
+        self.folders = folders
+        self.tools = tools
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format": MANIFEST_FORMAT, "name": self.name, "key": self.key,
             "artifact_id": self.artifact_id, "library_file": self.library_file,
             "library": self.library.to_json(), "sources": list(self.sources),
-            "inputs": [r.to_json() for r in self.inputs], "created_at": self.created_at,
+            "inputs": [r.to_json() for r in self.inputs], "folders": [f.to_json() for f in self.folders],
+            "tools": [t.to_json() for t in self.tools], "created_at": self.created_at,
             "build_seconds": self.build_seconds, "details": self.details,
         }
 
 
 def read_manifest(path: str) -> Manifest:
+    """The manifest at ``path``; a FIFO, device or folder there is refused without blocking."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(_MAX_MANIFEST_BYTES + 1)
+        fd, st = open_regular(path)
     except FileNotFoundError:
         raise ManifestError(f"manifest missing: {path}") from None
     except OSError as e:
         raise ManifestError(f"manifest unreadable: {path}: {e}") from e
-    if len(data) > _MAX_MANIFEST_BYTES:
-        raise ManifestError(f"manifest too large: {path}")
+    try:
+        if st.st_size > _MAX_MANIFEST_BYTES:
+            raise ManifestError(f"manifest too large: {path}")
+        data = os.read(fd, st.st_size + 1)  # one read of what the file holds, not a 16 MiB buffer
+    except OSError as e:
+        raise ManifestError(f"manifest unreadable: {path}: {e}") from e
+    finally:
+        os.close(fd)
     return parse_manifest(data, path)
 
 
@@ -98,20 +149,34 @@ def _from_json(obj: Any) -> Manifest:
     _expect(isinstance(sources, list), "sources is not a list")
     inputs = obj["inputs"]
     _expect(isinstance(inputs, list), "inputs is not a list")
+    folders, tools = obj["folders"], obj["tools"]
+    _expect(isinstance(folders, list) and isinstance(tools, list), "folders or tools is not a list")
     return Manifest(
         name=_string(obj["name"]), key=_string(obj["key"]), artifact_id=_string(obj["artifact_id"]),
         library_file=library_file, library=_record(obj["library"]),
         sources=tuple(_string(s) for s in sources), inputs=tuple(_record(r) for r in inputs),
         created_at=_number(obj["created_at"]), build_seconds=_number(obj["build_seconds"]),
-        details=details,
+        details=details, folders=tuple(_folder(f) for f in folders), tools=tuple(_tool(t) for t in tools),
     )
 
 
 def _record(obj: Any) -> FileRecord:
     _expect(isinstance(obj, dict), "file record is not an object")
     sha = _string(obj["sha256"])
-    _expect(len(sha) == 64 and all(c in "0123456789abcdef" for c in sha), "bad sha256")
-    return FileRecord(_string(obj["path"]), _integer(obj["size"]), _integer(obj["mtime_ns"]), sha)
+    _expect(len(sha) == 64 and not sha.strip(_HEX_DIGITS), "bad sha256")
+    return FileRecord(_string(obj["path"]), _integer(obj["size"]), _integer(obj["mtime_ns"]), sha,
+                      _integer(obj["ctime_ns"]), _integer(obj["inode"]), _integer(obj["dev"]))
+
+
+def _folder(obj: Any) -> FolderRecord:
+    _expect(isinstance(obj, dict), "folder record is not an object")
+    return FolderRecord(_string(obj["path"]), _integer(obj["mtime_ns"]))
+
+
+def _tool(obj: Any) -> ToolRecord:
+    _expect(isinstance(obj, dict), "tool record is not an object")
+    return ToolRecord(_string(obj["role"]), _string(obj["path"]), _integer(obj["size"]), _integer(obj["mtime_ns"]),
+                      _integer(obj["inode"]))
 
 
 def _string(value: Any) -> str:

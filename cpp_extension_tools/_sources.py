@@ -78,7 +78,7 @@ def validate_sources(sources: object) -> list[str]:
     for item in sources:
         if not isinstance(item, (str, os.PathLike)):
             raise TypeError(f"sources: expected paths, got an item of type {type(item).__name__}")
-        path = os.path.abspath(os.fspath(item))
+        path = _checked_path("sources", os.path.abspath(os.fspath(item)))
         language_of(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"sources: no such file: {path!r}")
@@ -103,7 +103,7 @@ def validate_include_paths(paths: object) -> list[str]:
     for item in paths:
         if not isinstance(item, (str, os.PathLike)):
             raise TypeError(f"extra_include_paths: expected paths, got an item of type {type(item).__name__}")
-        path = os.path.abspath(os.fspath(item))
+        path = _checked_path("extra_include_paths", os.path.abspath(os.fspath(item)))
         if not os.path.isdir(path):
             raise FileNotFoundError(f"extra_include_paths: no such directory: {path!r}")
         result.append(path)
@@ -126,3 +126,11 @@ def validate_flags(argument: str, flags: object) -> list[str]:
             raise ValueError(f"{argument}: flag {flag!r} contains a newline or NUL byte")
         result.append(flag.strip())
     return result
+
+
+def _checked_path(argument: str, path: str) -> str:
+    """A path that ninja files and shell commands can hold: no line break or NUL byte."""
+    if any(c in path for c in "\n\r\0"):
+        raise ValueError(f"{argument}: {path!r} contains a line break or NUL byte, which no build file can hold; "
+                         "rename the file or folder")
+    return path

@@ -32,16 +32,20 @@ import errno
 import json
 import logging
 import os
+import stat
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._config import BuildConfig
 from ._errors import BuildError, ManifestError, cache_not_writable
 from ._fsutil import TEMP_MARKER, atomic_copy, atomic_write_bytes, make_dirs, remove_tree, temporary_name
-from ._hashing import FileRecord, digest_file, digest_value, file_matches
+from ._hashing import FileRecord, digest_file, digest_value, file_matches, open_regular
 from ._manifest import MANIFEST_NAME, Manifest, read_manifest
 from ._trust import check_trusted, folder_mode
+
+if TYPE_CHECKING:
+    from ._builder import BuildOutcome
 
 __all__ = ["LAST_USED_FILE", "FailureRecord", "ModuleStore", "last_used", "note_use", "read_hint", "sources_digest"]
 
@@ -60,7 +64,7 @@ class FailureRecord:
     __slots__ = ("attempt", "error", "sources_digest")
 
     def __init__(self, attempt: str, sources_digest: str, error: BuildError) -> None:
-        self.attempt = attempt
+        self.attempt = attempt  # unique per failed build: tells a waiter whether it saw this one fail
         self.sources_digest = sources_digest
         self.error = error
 
@@ -94,10 +98,15 @@ class ModuleStore:
         return os.path.join(self.folder, f"failure-{config.short_key}.json")
 
     def ensure_folders(self, config: BuildConfig) -> None:
-        """Create this module's folders (cold path), refusing folders another user could tamper with."""
+        """Create this module's folders (cold path), refusing folders another user could tamper with.
+
+        A plain file where one of them belongs (left by a tool or a person) is deleted with a warning.
+        """
         for folder in (self.artifacts_folder, self.build_folder(config)):
             check_trusted(self.root, folder)  # before: never create anything through a symlink
             try:
+                _replace_file_with_folder(self.folder if folder == self.artifacts_folder else folder)
+                _replace_file_with_folder(folder)
                 make_dirs(folder, folder_mode())
             except OSError as e:
                 raise cache_not_writable(e, self.root) from e
@@ -111,6 +120,8 @@ class ModuleStore:
         deleted with a warning, so that they are rebuilt and never looked at again.
         """
         latest = self._read_latest(config)
+        if latest is not None and not latest.startswith(config.short_key + "-"):
+            latest = None  # a hint never leads to another configuration's artifact
         reason = "no artifact for this configuration"
         if latest is not None:  # the warm path: one artifact checked, no folder listed
             manifest, reason = self._verify(os.path.join(self.artifacts_folder, latest), config, repair)
@@ -135,15 +146,20 @@ class ModuleStore:
             manifest = read_manifest(os.path.join(folder, MANIFEST_NAME))
         except ManifestError as e:
             return None, str(e), os.path.isdir(folder)
+        ours = os.path.basename(folder).startswith(config.short_key + "-")
         if (manifest.key != config.key or manifest.name != config.name
                 or manifest.artifact_id != os.path.basename(folder)
                 or manifest.library_file != f"{config.name}.so"):
-            return None, "its manifest describes another artifact", True
+            # Damage only in a folder named for this configuration; another one's is left alone.
+            return None, "its manifest describes another artifact", ours
         if manifest.sources != config.sources:
             return None, "the list of sources changed", False
         for record in manifest.inputs:
             if not file_matches(record):
                 return None, f"{record.path} changed", False
+        changed = _changed_folder(manifest) or _changed_tool(manifest)
+        if changed:
+            return None, changed, False
         library = os.path.join(folder, manifest.library_file)
         if not _library_intact(library, manifest.library):
             return None, f"the cached binary {library} is damaged (it differs from its manifest)", True
@@ -203,10 +219,9 @@ class ModuleStore:
             logger.debug("could not update %s: %s", self._latest_path(config), e)
 
     # -- publication -----------------------------------------------------------
-    def publish(self, config: BuildConfig, built_library: str, inputs: list[FileRecord],
-                build_seconds: float, details: dict[str, Any]) -> Manifest:
+    def publish(self, config: BuildConfig, outcome: BuildOutcome) -> Manifest:
         """Install a finished binary: staged in a temporary folder (binary, then manifest), then renamed."""
-        content = digest_value([[r.path, r.sha256] for r in inputs])[:16]
+        content = digest_value([[r.path, r.sha256] for r in outcome.inputs])[:16]
         artifact_id = f"{config.short_key}-{content}"
         final = os.path.join(self.artifacts_folder, artifact_id)
         staging = temporary_name(final)
@@ -214,13 +229,16 @@ class ModuleStore:
             make_dirs(staging, folder_mode())
             library_file = f"{config.name}.so"
             destination = os.path.join(staging, library_file)
-            atomic_copy(built_library, destination)
+            atomic_copy(outcome.library, destination)
             st = os.stat(destination)
-            library = FileRecord(library_file, st.st_size, st.st_mtime_ns, digest_file(destination))
+            # Stamps trusted at once, unlike inputs' (_hashing.trusted_stat): nothing but damage writes here.
+            library = FileRecord(library_file, st.st_size, st.st_mtime_ns, digest_file(destination),
+                                 st.st_ctime_ns, st.st_ino, st.st_dev)
             manifest = Manifest(
                 name=config.name, key=config.key, artifact_id=artifact_id, library_file=library_file,
-                library=library, sources=config.sources, inputs=tuple(inputs), created_at=time.time(),
-                build_seconds=round(build_seconds, 3), details=details)
+                library=library, sources=config.sources, inputs=tuple(outcome.inputs), created_at=time.time(),
+                build_seconds=round(outcome.seconds, 3), details=outcome.details, folders=outcome.folders,
+                tools=outcome.tools)
             atomic_write_bytes(os.path.join(staging, MANIFEST_NAME),
                                json.dumps(manifest.to_json(), indent=1).encode())
             _install_folder(staging, final)
@@ -235,20 +253,25 @@ class ModuleStore:
 
     # -- failures ---------------------------------------------------------------
     def read_failure(self, config: BuildConfig) -> FailureRecord | None:
+        """The last failed build of this configuration; None when absent, unreadable or another one's."""
         try:
-            with open(self._failure_path(config), encoding="utf-8") as f:
-                data = json.load(f)
-            return FailureRecord(str(data["attempt"]), str(data["sources_digest"]),
-                                 BuildError.from_dict(data["error"]))
+            fd, _ = open_regular(self._failure_path(config))
+            with os.fdopen(fd, "rb") as f:
+                data = json.loads(f.read(1 << 20).decode("utf-8"))
+            if data["key"] != config.key:
+                logger.debug("ignoring %s: it records another configuration", self._failure_path(config))
+                return None
+            return FailureRecord(_text(data["attempt"]), _text(data["sources_digest"]),
+                                 BuildError.from_dict({k: _text(v) for k, v in data["error"].items()}))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             logger.debug("ignoring unreadable failure record: %s", e)
             return None
 
     def write_failure(self, config: BuildConfig, sources_digest: str, error: BuildError) -> None:
-        record = {"attempt": uuid.uuid4().hex, "sources_digest": sources_digest, "error": error.to_dict(),
-                  "time": time.time()}
+        record = {"key": config.key, "attempt": uuid.uuid4().hex, "sources_digest": sources_digest,
+                  "error": error.to_dict(), "time": time.time()}
         try:
             atomic_write_bytes(self._failure_path(config), json.dumps(record).encode())
         except OSError as e:
@@ -275,16 +298,63 @@ def _install_folder(staging: str, final: str) -> None:
     remove_tree(aside)  # a process that has the old binary loaded keeps its mapping
 
 
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _replace_file_with_folder(path: str) -> None:
+    """Delete a plain file (never a link: check_trusted refuses those) where a folder belongs."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode) and not stat.S_ISLNK(info.st_mode):
+        logger.warning("deleting %s: the cache expects a folder there", path)
+        os.unlink(path)
+
+
+def _changed_folder(manifest: Manifest) -> str:
+    """Why a searched folder no longer matches its record ("" when all match): an entry was added or removed."""
+    for folder in manifest.folders:
+        try:
+            mtime = os.stat(folder.path).st_mtime_ns
+        except OSError:
+            mtime = -1
+        if mtime != folder.mtime_ns:
+            return f"the folder {folder.path}, searched by the build, changed (a file there may now be found first)"
+    return ""
+
+
+def _changed_tool(manifest: Manifest) -> str:
+    """Why a compiler differs from the one that built the artifact ("" when none does).
+
+    Only what a stat can tell, and only where the compiler still is: a runtime image with a filled
+    cache and no compiler loads the artifact whose other key parts match.
+    """
+    for tool in manifest.tools:
+        try:
+            st = os.stat(tool.path)
+        except OSError:
+            logger.debug("%s: the %s that built it (%s) is not there; using it anyway", manifest.artifact_id,
+                         tool.role, tool.path)
+            continue
+        if not tool.matches(st):
+            return f"the compiler {tool.path} changed since the artifact was built"
+    return ""
+
+
 def _library_intact(path: str, record: FileRecord) -> bool:
     try:
         st = os.stat(path)
     except OSError:
         return False
-    if st.st_size != record.size:
-        return False
-    if st.st_mtime_ns == record.mtime_ns:
+    if record.stat_matches(st):
         return True
-    # Same size, other mtime (copied, touched, or bytes overwritten in place): read it.
+    if st.st_size != record.size or not stat.S_ISREG(st.st_mode):
+        return False
+    # Same size, other stamps (copied, touched, or bytes overwritten in place): read it.
     try:
         return digest_file(path) == record.sha256
     except OSError:
@@ -294,9 +364,11 @@ def _library_intact(path: str, record: FileRecord) -> bool:
 def read_hint(path: str) -> str | None:
     """The artifact id a latest-* hint names, or None when it is absent, unreadable or not a plain name."""
     try:
-        # Bytes, decoded after: open(encoding="ascii") would import encodings.ascii on the warm path.
-        with open(path, "rb") as f:
-            value = f.read(200).decode().strip()
+        fd, _ = open_regular(path)  # a FIFO planted here must not block the warm path
+        try:
+            value = os.read(fd, 200).decode().strip()  # bytes, decoded after: no encodings import
+        finally:
+            os.close(fd)
     except (OSError, UnicodeDecodeError):
         return None
     # Only a plain folder name is accepted: the pointer must never lead outside the store.

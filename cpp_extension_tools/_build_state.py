@@ -1,0 +1,116 @@
+"""What the last successful build in a build folder recorded, and the objects it no longer vouches for.
+
+ninja decides what to rebuild by timestamps alone. Before it runs, content and
+stat decide here: an object whose recorded inputs changed content (a source
+restored with an old mtime), an object or linked binary replaced or rewritten
+since it was built (garbage with its old mtime restored: a new inode or ctime),
+and every object once a searched folder gained or lost an entry (a header that
+would now be found first) are deleted, so ninja builds them again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from typing import Any
+
+from ._fsutil import atomic_write_bytes
+from ._hashing import digest_file, open_regular, stat_signature
+from ._inputs import folder_listing_digest
+
+__all__ = ["BuildState", "invalidate_outdated", "read_state", "save_state"]
+
+logger = logging.getLogger("cpp_extension_tools")
+
+STATE_FILE = "cpp_extension_tools_state.json"
+BuildState = dict[str, Any]
+
+
+def read_state(build_folder: str) -> BuildState:
+    """The state recorded by the last successful build here ({} when nothing usable was)."""
+    try:
+        fd, _ = open_regular(os.path.join(build_folder, STATE_FILE))
+        with os.fdopen(fd, "rb") as f:
+            state = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def save_state(build_folder: str, state: BuildState) -> None:
+    atomic_write_bytes(os.path.join(build_folder, STATE_FILE), json.dumps(state).encode())
+
+
+def object_digests(deps: dict[str, list[str]]) -> dict[str, dict[str, str]]:
+    """Each object's inputs with their content digests (inputs that vanished are left out)."""
+    objects: dict[str, dict[str, str]] = {}
+    for obj, paths in deps.items():
+        with contextlib.suppress(OSError):
+            objects[obj] = {p: digest_file(p) for p in paths}
+    return objects
+
+
+def output_signatures(paths: list[str]) -> dict[str, list[int]]:
+    signatures: dict[str, list[int]] = {}
+    for path in paths:
+        with contextlib.suppress(OSError):
+            signatures[path] = list(stat_signature(os.stat(path)))
+    return signatures
+
+
+def invalidate_outdated(build_folder: str, state: BuildState) -> None:
+    """Delete the outputs in ``build_folder`` that the recorded state no longer vouches for."""
+    here = os.path.abspath(build_folder)
+    if _folders_changed(state):
+        removed = [p for p in _outputs_in(here) if _remove(p)]
+        logger.info("a searched folder gained or lost an entry: recompiling every object (%d files removed)",
+                    len(removed))
+        return
+    for path, signature in _dict(state.get("outputs")).items():
+        if os.path.dirname(os.path.abspath(path)) == here and not _same_stat(path, signature):
+            _remove(path)
+    for obj, deps in _dict(state.get("objects")).items():
+        if os.path.dirname(os.path.abspath(obj)) != here or not isinstance(deps, dict):
+            continue
+        if not all(_same_content(path, digest) for path, digest in deps.items()):
+            _remove(obj)
+
+
+def _folders_changed(state: BuildState) -> bool:
+    return any(folder_listing_digest(path) != digest for path, digest in _dict(state.get("folders")).items())
+
+
+def _outputs_in(folder: str) -> list[str]:
+    try:
+        with os.scandir(folder) as entries:
+            return [e.path for e in entries if e.name.endswith((".o", ".so"))]
+    except OSError:
+        return []
+
+
+def _same_stat(path: str, signature: Any) -> bool:
+    try:
+        return bool(list(stat_signature(os.stat(path))) == signature)
+    except OSError:
+        return True  # missing: ninja builds it anyway
+
+
+def _same_content(path: str, digest: Any) -> bool:
+    try:
+        return bool(digest_file(path) == digest)
+    except OSError:
+        return False
+
+
+def _remove(path: str) -> bool:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
