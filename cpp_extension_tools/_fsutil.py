@@ -3,6 +3,10 @@
 A reader sees either the old file or the complete new one, never a torn
 write, whatever happens to the writer (SIGKILL, full disk, power loss after
 the fsync).
+
+Modes are set with fchmod after creating, so they are exact whatever the
+umask: in a team cache (CACHED_CPP_EXTENSION_SHARED_CACHE=1) the other members
+must be able to replace what one member wrote.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+
+from ._trust import binary_mode, data_file_mode
 
 __all__ = ["TEMP_MARKER", "atomic_copy", "atomic_write_bytes", "make_dirs", "remove_tree", "temporary_name",
            "tree_size"]
@@ -37,10 +43,11 @@ def _cleanup_on_error(path: str) -> Iterator[None]:
         raise
 
 
-def atomic_write_bytes(path: str, data: bytes, mode: int = 0o644) -> None:
+def atomic_write_bytes(path: str, data: bytes, mode: int | None = None) -> None:
+    """Publish ``data`` at ``path`` with exactly ``mode`` (default: ``_trust.data_file_mode()``)."""
     tmp = temporary_name(path)
     with _cleanup_on_error(tmp):
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        fd = _create_exclusive(tmp, data_file_mode() if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -48,15 +55,26 @@ def atomic_write_bytes(path: str, data: bytes, mode: int = 0o644) -> None:
         os.replace(tmp, path)
 
 
-def atomic_copy(source: str, destination: str, mode: int = 0o755) -> None:
+def atomic_copy(source: str, destination: str, mode: int | None = None) -> None:
+    """Publish a copy of ``source`` at ``destination`` with exactly ``mode`` (default: ``_trust.binary_mode()``)."""
     tmp = temporary_name(destination)
     with _cleanup_on_error(tmp):
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        fd = _create_exclusive(tmp, binary_mode() if mode is None else mode)
         with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
             shutil.copyfileobj(src, out, 1 << 20)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, destination)
+
+
+def _create_exclusive(path: str, mode: int) -> int:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)  # os.open's mode is cut by the umask
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def make_dirs(path: str, mode: int) -> None:
@@ -76,7 +94,16 @@ def make_dirs(path: str, mode: int) -> None:
             if os.path.isdir(folder):
                 continue  # another process made it first
             raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", folder) from None
-        os.chmod(folder, mode)
+        _chmod_folder(folder, mode)
+
+
+def _chmod_folder(folder: str, mode: int) -> None:
+    """chmod, never through a symlink put in place of the folder just made (lchmod does not exist on Linux)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def remove_tree(path: str) -> None:

@@ -4,31 +4,95 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
-import threading
+import logging
+import os
 from types import ModuleType
 
+from ._forksafe import ForkSafeLock
 from ._hashing import file_matches
 from ._manifest import Manifest
+from ._trust import open_trusted
 
-__all__ = ["import_extension", "memo_get", "memo_put"]
+__all__ = ["import_extension", "import_from_fd", "memo_get", "memo_put", "open_trusted"]
+
+logger = logging.getLogger("cpp_extension_tools")
 
 _memo: dict[tuple[str, str], tuple[ModuleType, Manifest]] = {}
-_memo_lock = threading.Lock()
+_memo_lock = ForkSafeLock()
+
+# (st_dev, st_ino) of each binary loaded through a descriptor -> that descriptor, kept open for the life
+# of the process. glibc and CPython know a loaded library by the path string it was opened with
+# (/proc/self/fd/N) before they compare inodes: if N were closed and reused for another binary, loading
+# that one would hand back the first. An open descriptor's number is never reused, and it pins the
+# inode, so its number cannot come to mean another file either.
+_pinned: dict[tuple[int, int], int] = {}
+_pinned_lock = ForkSafeLock()
+_proc_fd: list[bool] = []  # [whether /proc/self/fd works], once per process
 
 
 def import_extension(name: str, path: str) -> ModuleType:
-    """Import the extension module ``name`` from the binary at ``path``.
+    """Import the extension module ``name`` from the binary at ``path``, by name.
 
-    Each artifact has a path of its own, so a rebuilt module is a new dlopen
-    (the dynamic loader and CPython both cache by path: reusing one path would
-    hand back the old code).
+    For binaries the caller trusts by where they are (a prebuilt binary inside an installed
+    package): nothing is checked, and a folder renamed between a check and this call would be
+    followed. Cache entries are loaded with :func:`open_trusted` and :func:`import_from_fd`.
+    Each artifact has a path of its own, so a rebuilt module is a new dlopen (the dynamic loader
+    and CPython both cache by path: reusing one path would hand back the old code).
     """
     import torch  # noqa: F401  # the binary links to torch's libraries, loaded by this import
 
-    loader = importlib.machinery.ExtensionFileLoader(name, path)
-    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    return _exec_extension(name, path)
+
+
+def import_from_fd(name: str, fd: int, path: str) -> ModuleType:
+    """Import the extension module ``name`` from the open binary ``fd`` (from :func:`open_trusted`).
+
+    The dynamic loader opens ``/proc/self/fd/<fd>``, the very file that was checked, whatever has
+    been renamed since. This call owns ``fd``: it is closed, or kept open for the life of the
+    process as the name under which the library stays loaded (one descriptor per distinct binary
+    loaded; loading the same file again reuses it). ``path`` is the binary's real path, shown as
+    the module's ``__file__``. Without /proc (a chroot or a container without it), ``path`` is
+    loaded by name instead, as :func:`import_extension` does.
+    """
+    import torch  # noqa: F401  # the binary links to torch's libraries, loaded by this import
+
+    if not _have_proc_fd():
+        os.close(fd)
+        logger.debug("/proc/self/fd is not available; loading %s by its path", path)
+        return _exec_extension(name, path)
+    # Stays pinned even when the import fails: dlopen may have succeeded (a missing PyInit_ function).
+    module = _exec_extension(name, f"/proc/self/fd/{_pin(fd)}")
+    module.__file__ = path
+    if module.__spec__ is not None:
+        module.__spec__.origin = path
+    return module
+
+
+def _pin(fd: int) -> int:
+    """The descriptor number under which the file open at ``fd`` is loaded; ``fd`` is closed if not that."""
+    try:
+        info = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    with _pinned_lock:
+        pinned = _pinned.setdefault((info.st_dev, info.st_ino), fd)
+    if pinned != fd:
+        os.close(fd)  # the same file is already loaded under ``pinned``: the same module comes back
+    return pinned
+
+
+def _have_proc_fd() -> bool:
+    if not _proc_fd:
+        _proc_fd.append(os.path.isdir("/proc/self/fd"))
+    return _proc_fd[0]
+
+
+def _exec_extension(name: str, location: str) -> ModuleType:
+    loader = importlib.machinery.ExtensionFileLoader(name, location)
+    spec = importlib.util.spec_from_file_location(name, location, loader=loader)
     if spec is None:  # only for paths without an extension-module suffix
-        raise ImportError(f"cannot import {name!r} from {path!r}", name=name, path=path)
+        raise ImportError(f"cannot import {name!r} from {location!r}", name=name, path=location)
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
     return module

@@ -7,30 +7,55 @@ rather than loaded: CuPy and torch load whatever they find, which turns a
 shared /tmp cache into a code-injection path.
 
 A deliberately shared team cache (CACHED_CPP_EXTENSION_SHARED_CACHE=1) accepts
-folders that are group-writable and entries owned by other accounts; the
-group's members are then trusted with this process's code. World-writable
-folders without the sticky bit are refused even then.
+folders that are group-writable and entries owned by other accounts of a group
+this process is in; the group's members are then trusted with this process's
+code. World-writable folders without the sticky bit are refused even then.
+
+:func:`check_trusted` vets paths by name (for creating and deleting);
+:func:`open_trusted` opens a binary for loading so that the check and the load
+see the same file, whatever is renamed meanwhile.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
+from . import _settings
 from ._errors import UnsafeCacheError
 
-__all__ = ["SHARED_CACHE_ENV", "check_trusted", "folder_mode", "shared_cache"]
+__all__ = ["SHARED_CACHE_ENV", "binary_mode", "check_trusted", "data_file_mode", "file_mode", "folder_mode",
+           "open_trusted", "shared_cache"]
 
-SHARED_CACHE_ENV = "CACHED_CPP_EXTENSION_SHARED_CACHE"
+SHARED_CACHE_ENV = _settings.SHARED_CACHE.name
+
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # NONBLOCK: a planted FIFO cannot hang us
 
 
 def shared_cache() -> bool:
-    return os.environ.get(SHARED_CACHE_ENV, "") not in ("", "0")
+    return _settings.SHARED_CACHE.get()
 
 
 def folder_mode() -> int:
     """Mode for new cache folders: private, or group-writable with setgid for a shared cache."""
     return 0o2770 if shared_cache() else 0o700
+
+
+def file_mode() -> int:
+    """Mode for files only this user reads and writes in a private cache (lock files): 0o600, 0o660 shared."""
+    return 0o660 if shared_cache() else 0o600
+
+
+def data_file_mode() -> int:
+    """Mode for hints, manifests, failure records and build state: 0o644, 0o664 in a shared cache."""
+    return 0o664 if shared_cache() else 0o644
+
+
+def binary_mode() -> int:
+    """Mode for binaries and scripts: 0o755, 0o775 in a shared cache."""
+    return 0o775 if shared_cache() else 0o755
 
 
 def check_trusted(root: str, path: str) -> None:
@@ -40,7 +65,8 @@ def check_trusted(root: str, path: str) -> None:
 
     ``path`` lies inside ``root``. Entries below the root must not be symlinks (a link could lead
     anywhere); the root itself may be one (a cache placed on a scratch disk) and is checked where it
-    points. One lstat per level: this runs on every warm load.
+    points. One lstat per level. This checks names, so it cannot vet what a later open finds there:
+    code is loaded through :func:`open_trusted`.
     """
     shared = shared_cache()
     current = path
@@ -63,10 +89,85 @@ def check_trusted(root: str, path: str) -> None:
         current = parent
 
 
+def open_trusted(root: str, path: str) -> int:
+    """Open the binary ``path`` (inside ``root``) for loading; return a descriptor the caller closes.
+
+    Every level is opened relative to the descriptor of the level above, then checked with fstat
+    (the rules of :func:`check_trusted`): the descriptor returned is the file that was checked, and
+    loading through it (``_loader.import_from_fd``) cannot be redirected by renaming any folder.
+    Entries below the root are never followed when they are symlinks; the root may be one.
+
+    The root's own parents need no check. Whatever the path of the root resolves to, the opened
+    folder must be owned by this user (or by root, or in a shared cache by an account of a group
+    this process is in) and not writable by others; nobody else can create such a folder, or
+    change what is inside it. An attacker who can rename the root or a folder above it can only
+    put another folder of ours in its place, never one holding their code; every level below is
+    looked up inside that verified folder, not by path.
+
+    Raises UnsafeCacheError naming the offending level; FileNotFoundError (or NotADirectoryError)
+    when a level is missing (a pruned artifact); ImportError when the binary is not a regular file.
+    """
+    parts = _parts_below(root, path)
+    shared = shared_cache()
+    fd = os.open(root, _DIRECTORY_FLAGS)
+    try:
+        _check_fd(fd, root, path, shared)
+        for index, name in enumerate(parts):
+            last = index == len(parts) - 1
+            child = _open_level(fd, name, os.path.join(root, *parts[:index + 1]), path, last)
+            os.close(fd)
+            fd = child
+            _check_fd(fd, os.path.join(root, *parts[:index + 1]), path, shared)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _parts_below(root: str, path: str) -> list[str]:
+    if not path.startswith(root.rstrip(os.sep) + os.sep):
+        raise UnsafeCacheError(f"{path} is not inside the cache root {root}")
+    parts = [p for p in path[len(root.rstrip(os.sep)) + 1:].split(os.sep) if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise UnsafeCacheError(f"{path} is not inside the cache root {root}")
+    return parts
+
+
+def _open_level(parent_fd: int, name: str, level: str, path: str, last: bool) -> int:
+    try:
+        return os.open(name, _FILE_FLAGS if last else _DIRECTORY_FLAGS | os.O_NOFOLLOW, dir_fd=parent_fd)
+    except OSError as error:
+        if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+            error.filename = level
+            raise
+        # O_NOFOLLOW answers ELOOP for a symlink (ENOTDIR with O_DIRECTORY on some kernels): say which.
+        try:
+            info = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        except OSError:
+            raise error from None
+        if stat.S_ISLNK(info.st_mode):
+            raise UnsafeCacheError(_message(level, "is a symbolic link", path)) from None
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", level) from None
+
+
+def _check_fd(fd: int, level: str, path: str, shared: bool) -> None:
+    info = os.fstat(fd)
+    if level == path and not stat.S_ISREG(info.st_mode):
+        raise ImportError(f"cannot load {path}: it is not a regular file", path=path)
+    problem = _problem(info, shared)
+    if problem is not None:
+        raise UnsafeCacheError(_message(level, problem, path))
+
+
 def _problem(info: os.stat_result, shared: bool) -> str | None:
     mode = info.st_mode
-    if info.st_uid not in (os.geteuid(), 0) and not shared:
-        return f"is owned by uid {info.st_uid}, not by this user (uid {os.geteuid()})"
+    euid = os.geteuid()
+    if info.st_uid not in (euid, 0):
+        if not shared:
+            return f"is owned by uid {info.st_uid}, not by this user (uid {euid})"
+        if not _in_group(info.st_gid):  # a team member's entry carries the team's group
+            return (f"is owned by uid {info.st_uid} with group {info.st_gid}, a group this user "
+                    f"(uid {euid}) is not in")
     sticky_folder = stat.S_ISDIR(mode) and mode & stat.S_ISVTX
     if mode & stat.S_IWOTH and not sticky_folder:
         return "is writable by every user"
@@ -75,17 +176,42 @@ def _problem(info: os.stat_result, shared: bool) -> str | None:
     return None
 
 
+_groups: dict[tuple[int, int], frozenset[int]] = {}
+_private_groups: dict[tuple[int, int], bool] = {}
+
+
+def _in_group(gid: int) -> bool:
+    key = (os.geteuid(), os.getegid())
+    groups = _groups.get(key)
+    if groups is None:
+        groups = _groups[key] = frozenset((key[1], *os.getgroups()))
+    return gid in groups
+
+
 def _private_group(gid: int) -> bool:
-    """True for a user-private group (this user's primary group with no other members): with umask 002,
-    everything is group-writable, harmlessly so when nobody else is in the group."""
-    if gid != os.getegid():
-        return False
+    """True for a user-private group: this user's primary group, and no other account is in it (as a
+    listed member or by having it as its own primary group). With umask 002 everything is
+    group-writable, harmlessly so when nobody else is in the group. Answered once per process."""
+    key = (os.geteuid(), gid)
+    answer = _private_groups.get(key)
+    if answer is None:
+        answer = _private_groups[key] = gid == os.getegid() and not _other_members(gid, key[0])
+    return answer
+
+
+def _other_members(gid: int, uid: int) -> list[str]:
     import grp  # rare path: only for group-writable entries
+    import pwd
 
     try:
-        return not grp.getgrgid(gid).gr_mem
+        me = pwd.getpwuid(uid).pw_name
     except KeyError:
-        return False
+        me = ""
+    try:
+        listed = [name for name in grp.getgrgid(gid).gr_mem if name != me]
+    except KeyError:
+        return ["(unknown group)"]  # a group nobody can vouch for is not private
+    return listed + [user.pw_name for user in pwd.getpwall() if user.pw_gid == gid and user.pw_uid != uid]
 
 
 def _message(offender: str, problem: str, path: str) -> str:
