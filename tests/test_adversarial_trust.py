@@ -95,7 +95,7 @@ def accounts() -> Iterator[Callable[..., Account]]:
     yield make
     for name in made:
         subprocess.run(["userdel", name], check=False, capture_output=True)
-    for name in made_groups:
+    for name in [*made, *made_groups]:  # userdel keeps a user's group that another account still uses
         subprocess.run(["groupdel", name], check=False, capture_output=True)
 
 
