@@ -15,11 +15,13 @@ from ._config import BuildConfig, make_config
 from ._errors import BuildError, LockTimeoutError, cache_not_writable, is_cache_write_error
 from ._flags import absolute_path_flags, get_default_cpp_cflags, get_default_cuda_cflags
 from ._forksafe import ForkSafeLock
-from ._loader import import_extension, memo_get, memo_put
+from ._hashing import digest_fd
+from ._loader import import_extension, import_from_fd, memo_get, memo_put
 from ._manifest import Manifest
 from ._root import resolve_root
 from ._sources import language_of, validate_flags, validate_include_paths, validate_name, validate_sources
 from ._store import ModuleStore, sources_digest
+from ._trust import open_trusted
 
 __all__ = ["cached_load_torch_cpp_extension"]
 
@@ -94,12 +96,11 @@ def cached_load_torch_cpp_extension(
         log("%s: cache hit, artifact %s", config.name, manifest.artifact_id)
         try:
             return _load(store, config, manifest)
-        except ImportError:
-            if os.path.exists(store.library_path(manifest)):
-                raise
-            # Pruned (or cleared) between the lookup and the dlopen: look again under the lock,
-            # which pruning holds while it deletes.
-            log("%s: artifact %s was removed while loading; looking again", config.name, manifest.artifact_id)
+        except (_BinaryChanged, FileNotFoundError, NotADirectoryError) as error:
+            # Pruned (or cleared, or damaged) between the lookup and the dlopen: look again under the
+            # lock, which pruning holds while it deletes.
+            log("%s: artifact %s changed while loading (%s); looking again", config.name, manifest.artifact_id,
+                error)
     else:
         log("%s: cache miss (%s)", config.name, reason)
     _allow_build(config, prebuilt_skipped)
@@ -212,8 +213,23 @@ def _require_cuda_toolchain(name: str) -> None:
             "CUDA_PATH, PATH and /usr/local/cuda). Install the CUDA toolkit or set CUDA_HOME.", name=name)
 
 
+class _BinaryChanged(ImportError):
+    """The binary opened for loading is not the one its manifest describes (replaced since the lookup)."""
+
+
 def _load(store: ModuleStore, config: BuildConfig, manifest: Manifest) -> ModuleType:
-    module = import_extension(config.name, store.library_path(manifest))
+    """Load the artifact's binary: the file checked (trust and content) is the file dlopen maps."""
+    path = store.library_path(manifest)
+    fd = open_trusted(store.root, path)
+    try:
+        st = os.fstat(fd)
+        if not manifest.library.stat_matches(st) and (
+                st.st_size != manifest.library.size or digest_fd(fd) != manifest.library.sha256):
+            raise _BinaryChanged(f"{path} differs from its manifest", name=config.name, path=path)
+    except BaseException:
+        os.close(fd)
+        raise
+    module = import_from_fd(config.name, fd, path)
     memo_put(store.folder, config.key, module, manifest)
     store.note_use(manifest)
     return module

@@ -4,8 +4,9 @@ ninja decides what to rebuild by timestamps alone. Before it runs, content and
 stat decide here: an object whose recorded inputs changed content (a source
 restored with an old mtime), an object or linked binary replaced or rewritten
 since it was built (garbage with its old mtime restored: a new inode or ctime),
-and every object once a searched folder gained or lost an entry (a header that
-would now be found first) are deleted, so ninja builds them again.
+every object once a searched folder gained or lost an entry (a header that
+would now be found first) or the compilers changed, and the linked binary once a library or object named
+in the link flags changed are deleted, so ninja builds them again.
 """
 
 from __future__ import annotations
@@ -60,17 +61,25 @@ def output_signatures(paths: list[str]) -> dict[str, list[int]]:
     return signatures
 
 
-def invalidate_outdated(build_folder: str, state: BuildState) -> None:
-    """Delete the outputs in ``build_folder`` that the recorded state no longer vouches for."""
+def invalidate_outdated(build_folder: str, state: BuildState, compiler_identity: dict[str, Any]) -> None:
+    """Delete the outputs in ``build_folder`` that the recorded state no longer vouches for.
+
+    ``compiler_identity``: the compilers of this build; other compilers than the last build's (an
+    upgrade in place) recompile everything.
+    """
     here = os.path.abspath(build_folder)
-    if _folders_changed(state):
+    why = ("the compilers changed" if state.get("compiler_identity", compiler_identity) != compiler_identity
+           else "a searched folder gained or lost an entry" if _folders_changed(state) else "")
+    if why:
         removed = [p for p in _outputs_in(here) if _remove(p)]
-        logger.info("a searched folder gained or lost an entry: recompiling every object (%d files removed)",
-                    len(removed))
+        logger.info("%s: recompiling every object in %s (%d files removed)", why, build_folder, len(removed))
         return
     for path, signature in _dict(state.get("outputs")).items():
         if os.path.dirname(os.path.abspath(path)) == here and not _same_stat(path, signature):
             _remove(path)
+    if not all(_same_content(path, digest) for path, digest in _dict(state.get("link_inputs")).items()):
+        for library in (p for p in _outputs_in(here) if p.endswith(".so")):
+            _remove(library)  # ninja does not know the libraries named in the flags: link again
     for obj, deps in _dict(state.get("objects")).items():
         if os.path.dirname(os.path.abspath(obj)) != here or not isinstance(deps, dict):
             continue

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 from . import _probe, _settings
 from ._build_state import BuildState, invalidate_outdated, object_digests, output_signatures, read_state, save_state
@@ -44,7 +44,7 @@ from ._inputs import (
 from ._manifest import FolderRecord, ToolRecord
 from ._ninja_file import NINJA_FILE, prepare_ninja_file
 from ._toolchain import Toolchain, compiler_launcher, resolve_toolchain
-from ._trust import folder_mode
+from ._trust import data_file_mode, folder_mode
 
 __all__ = ["BuildOutcome", "run_build"]
 
@@ -147,7 +147,7 @@ def _prepare_folder(build_folder: str) -> bool:
 def _build_in(config: BuildConfig, build_folder: str, verbose: bool, toolchain: Toolchain, launcher: list[str],
               known: set[str]) -> BuildOutcome:
     state = read_state(build_folder)
-    invalidate_outdated(build_folder, state)
+    invalidate_outdated(build_folder, state, toolchain.identity())
     link_files, link_folders = link_inputs(config.ldflags)
     recorded = [p for deps in _dict(state.get("objects")).values() if isinstance(deps, dict) for p in deps]
     snapshot = _snapshot([*config.sources, *link_files, *known, *recorded])
@@ -183,6 +183,7 @@ def _build_in(config: BuildConfig, build_folder: str, verbose: bool, toolchain: 
     versions = result.get("compiler_versions", {}) if versions is None else versions
     save_state(build_folder, {
         "objects": object_digests(deps), "outputs": output_signatures([*deps, library]), "folders": listings,
+        "link_inputs": {p: h for p, h in snapshot.items() if p in link_files and h is not None},
         "compiler_identity": toolchain.identity(), "compiler_versions": versions,
         "builtin_search": {k: list(v.folders) for k, v in search.items() if k.startswith("builtin:")}})
     logger.info("built %s in %.1f s", config.name, seconds)
@@ -433,7 +434,7 @@ def _run_worker(config: BuildConfig, build_folder: str, driver: str, launcher: S
     command = [sys.executable, *(["-S"] if ninja_only else []), _WORKER, spec_path, result_path, str(os.getpid())]
     # A team cache: every member must be able to overwrite what the build writes (objects, the log).
     umask = 0o007 if _settings.SHARED_CACHE.get() else -1
-    with open(log_path, "w", encoding="utf-8", errors="replace") as log:
+    with _new_log(log_path) as log:
         process = subprocess.Popen(command, cwd=build_folder, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, text=True, errors="replace", umask=umask)
@@ -456,6 +457,15 @@ def _run_worker(config: BuildConfig, build_folder: str, driver: str, launcher: S
         how = f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
         result = {"ok": False, "error": f"the build worker ended without a result ({how})"}
     return result
+
+
+def _new_log(path: str) -> TextIO:
+    """The build log, created anew with the cache's data-file mode (another team member may own the old one)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, data_file_mode())
+    os.fchmod(fd, data_file_mode())
+    return open(fd, "w", encoding="utf-8", errors="replace")
 
 
 def _log_progress(line: str, verbose: bool) -> None:

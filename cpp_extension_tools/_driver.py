@@ -20,6 +20,7 @@ import shlex
 from collections.abc import Sequence
 
 from ._fsutil import atomic_write_bytes
+from ._trust import binary_mode
 
 __all__ = ["DEFAULT_C_STD", "write_driver"]
 
@@ -92,5 +93,5 @@ def write_driver(folder: str, cc: Sequence[str], cxx: Sequence[str], launcher: S
                 return path
     except OSError:
         pass
-    atomic_write_bytes(path, content, mode=0o755)
+    atomic_write_bytes(path, content, mode=binary_mode())
     return path

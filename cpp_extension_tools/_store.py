@@ -42,7 +42,7 @@ from ._errors import BuildError, ManifestError, cache_not_writable
 from ._fsutil import TEMP_MARKER, atomic_copy, atomic_write_bytes, make_dirs, remove_tree, temporary_name
 from ._hashing import FileRecord, digest_file, digest_value, file_matches, open_regular
 from ._manifest import MANIFEST_NAME, Manifest, read_manifest
-from ._trust import check_trusted, folder_mode
+from ._trust import check_trusted, file_mode, folder_mode
 
 if TYPE_CHECKING:
     from ._builder import BuildOutcome
@@ -163,8 +163,7 @@ class ModuleStore:
         library = os.path.join(folder, manifest.library_file)
         if not _library_intact(library, manifest.library):
             return None, f"the cached binary {library} is damaged (it differs from its manifest)", True
-        check_trusted(self.root, library)
-        return manifest, "", False
+        return manifest, "", False  # trust is checked where it is loaded, on the file it loads
 
     def _report_damage(self, folder: str, why: str, repair: bool) -> None:
         if not repair:
@@ -392,7 +391,11 @@ def note_use(artifact_folder: str, created_at: float) -> None:
         return
     path = os.path.join(artifact_folder, LAST_USED_FILE)
     try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, file_mode())
+        try:
+            os.fchmod(fd, file_mode())  # the umask cut the mode: team members must be able to touch it
+        finally:
+            os.close(fd)
         os.utime(path)
     except OSError as e:  # a read-only or pruned cache still loads; the artifact just looks older
         logger.debug("could not record the use of %s: %s", artifact_folder, e)

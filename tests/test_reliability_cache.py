@@ -167,9 +167,11 @@ _JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow
 
 
 def _valid_manifest() -> dict[str, Any]:
-    record = {"path": "/x/a.c", "size": 3, "mtime_ns": 1, "sha256": "a" * 64}
-    return {"format": 1, "name": "m", "key": "k" * 64, "artifact_id": "kkkk-cccc", "library_file": "m.so",
+    record = {"path": "/x/a.c", "size": 3, "mtime_ns": 1, "sha256": "a" * 64, "ctime_ns": 2, "inode": 7, "dev": 9}
+    return {"format": 2, "name": "m", "key": "k" * 64, "artifact_id": "kkkk-cccc", "library_file": "m.so",
             "library": {**record, "path": "m.so"}, "sources": ["/x/a.c"], "inputs": [record],
+            "folders": [{"path": "/x", "mtime_ns": 5}],
+            "tools": [{"role": "cc", "path": "/usr/bin/cc", "size": 1, "mtime_ns": 2, "inode": 3}],
             "created_at": 1.5, "build_seconds": 0.25, "details": {}}
 
 
