@@ -7,7 +7,9 @@ JSON document on stdout for scripts; without it, aligned text for people.
 What the commands report is gathered elsewhere (_environment_info); torch is
 imported only by the commands that need it, so ``--help`` stays fast.
 
-Exit status: 0 success, 1 failure (a :class:`CommandError`), 2 usage error.
+Exit status: 0 success, 1 failure (a :class:`CommandError`, or an invalid
+setting), 2 usage error, 3 modules skipped by prune or clear, 130 interrupted,
+141 output cut short (``| head``: the reader of stdout went away).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from . import _settings
 from ._units import format_size, parse_age, parse_size
 
 __all__ = ["main"]
@@ -131,8 +134,22 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if builds:
         print()
         print(format_columns(("MODULE", "BUILD FOLDER", "SIZE", "LAST BUILD"),
-                             [(b.module, b.key16, format_size(b.size), _when(b.last_used)) for b in builds]), end="")
+                             [_build_row(b) for b in builds]), end="")
+    _print_damage([*artifacts, *builds])
     return 0
+
+
+def _print_damage(entries: list[Any]) -> None:
+    """Why each damaged entry cannot be used (the tables only mark them)."""
+    damaged = [e for e in entries if e.damaged]
+    if damaged:
+        print()
+        print("".join(f"damaged {e.module}/{e.entry_id}: {e.damaged}\n" for e in damaged), end="")
+
+
+def _build_row(build: Any) -> tuple[str, ...]:
+    when = "damaged: deleted by the next prune" if build.damaged else _when(build.last_used)
+    return (build.module, build.key16, format_size(build.size), when)
 
 
 def _artifact_row(artifact: Any) -> tuple[str, ...]:
@@ -148,7 +165,10 @@ def _artifact_row(artifact: Any) -> tuple[str, ...]:
 def _when(timestamp: float) -> str:
     import time
 
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+    except (OverflowError, ValueError, OSError):  # a damaged manifest's time
+        return "?"
 
 
 # -- prune and clear -----------------------------------------------------------
@@ -187,6 +207,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     if args.max_size is None and args.older_than is None and args.keep is None:
         raise CommandError("nothing to prune by: give --max-size, --older-than or --keep", status=2)
+    _settings.check()  # as the library does before it takes a lock: before anything is deleted
     report = prune(_cache_root(), max_size=args.max_size, older_than=args.older_than, keep=args.keep,
                    dry_run=args.dry_run)
     return _print_report(report, args.json)
@@ -204,6 +225,7 @@ def _cmd_clear(args: argparse.Namespace) -> int:
     root = _cache_root()
     if args.name is not None and not list_modules(root, args.name):
         raise CommandError(f"no module {args.name!r} in the cache at {root}")
+    _settings.check()  # as the library does before it takes a lock: before anything is deleted
     return _print_report(clear(root, args.name, dry_run=args.dry_run), args.json)
 
 
@@ -216,6 +238,10 @@ def _print_report(report: Any, as_json: bool) -> int:
                  format_size(e.size), "last used " + _when(e.last_used)) for e in report.removed]
         print(format_columns(None, rows), end="")
         print(report.summary())
+    if report.failed_modules:
+        print(f"{PROG}: error: could not lock {', '.join(report.failed_modules)} (see the warnings above)",
+              file=sys.stderr)
+        return 1
     return 3 if report.busy_modules else 0
 
 
@@ -233,6 +259,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from ._inventory import list_modules
 
     _import_torch()
+    _settings.check()  # every setting a build reads: one message for all invalid ones, before any import
     root = _cache_root()
     before = {a.path for m in list_modules(root) for a in m.artifacts}
     handler = logging.StreamHandler(sys.stderr)  # progress: cache hits, builds, lock waits
@@ -342,12 +369,35 @@ def main(argv: list[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 2
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        status = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit where it would print a traceback
+        return status
     except CommandError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return error.status
+    except _settings.SettingError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return BROKEN_PIPE_STATUS
+
+
+BROKEN_PIPE_STATUS = 141  # 128 + SIGPIPE, as for a program the signal ends (`ls | head`)
+
+
+def _silence_stdout() -> None:
+    """After the reader of stdout went away: later writes (the flush at exit) go nowhere, silently."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError) as error:  # stdout is no file descriptor (embedded use)
+        print(f"{PROG}: {error}", file=sys.stderr)
 
 
 def format_table(rows: Iterable[tuple[str, str]], width: int | None = None, indent: str = "") -> str:

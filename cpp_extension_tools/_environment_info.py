@@ -15,7 +15,7 @@ import sys
 import sysconfig
 from typing import Any
 
-from . import _probe
+from . import _probe, _settings
 from ._fsutil import tree_size
 from ._inventory import module_names
 from ._root import resolve_root
@@ -42,9 +42,11 @@ def gather_info() -> dict[str, Any]:
 
 
 def settings_info() -> dict[str, Any]:
-    """The CACHED_CPP_EXTENSION_* variables that are set (the root is in "cache")."""
+    """The settings that are set (the root is in "cache"), and any other CACHED_CPP_EXTENSION_* variable
+    (a misspelt name the library ignores)."""
+    known = {s.name for s in _settings.SETTINGS if s.is_set() and s is not _settings.BUILD_DIR}
     return {name: value for name, value in sorted(os.environ.items())
-            if name.startswith("CACHED_CPP_EXTENSION_") and name != "CACHED_CPP_EXTENSION_BUILD_DIR"}
+            if name in known or (name.startswith("CACHED_CPP_EXTENSION_") and name != _settings.BUILD_DIR.name)}
 
 
 def torch_info() -> dict[str, Any]:

@@ -4,12 +4,19 @@ Read-only and lock-free: entries may vanish while they are listed (another
 process pruning or clearing) and are then left out. Only folders laid out as
 this library's modules (see _store) are listed; anything else under the root
 is not the cache's and is never counted or touched.
+
+Damage never raises: a manifest of odd types, an artifact that is not a plain
+folder, an ``artifacts/`` or ``builds/`` that is a file or unreadable are
+listed as damaged entries (pruning deletes them). Nothing is opened that is
+not a regular file, so a FIFO planted in the cache cannot block a listing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import stat
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,7 +26,7 @@ from ._fsutil import TEMP_MARKER, tree_size
 from ._manifest import MANIFEST_NAME, Manifest, read_manifest
 from ._store import last_used
 
-__all__ = ["ArtifactInfo", "BuildFolderInfo", "ModuleInfo", "list_modules", "module_names"]
+__all__ = ["ArtifactInfo", "BuildFolderInfo", "ModuleInfo", "list_modules", "module_names", "read_regular_file"]
 
 _MODULE_MARKERS = ("artifacts", "builds", ".lock")
 
@@ -45,13 +52,16 @@ class ArtifactInfo:
 
 @dataclass(frozen=True)
 class BuildFolderInfo:
-    """The ninja build folder of one configuration (object files, for incremental rebuilds)."""
+    """The ninja build folder of one configuration (object files, for incremental rebuilds).
+
+    ``damaged``: why ``path`` (then the whole ``builds/`` folder) cannot be used ("" when it can)."""
 
     module: str
     key16: str
     path: str
     size: int
     last_used: float
+    damaged: str = ""
 
     @property
     def entry_id(self) -> str:
@@ -97,54 +107,127 @@ def module_names(root: str) -> list[str]:
             folders = [e for e in entries if e.is_dir(follow_symlinks=False) and TEMP_MARKER not in e.name]
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(e.name for e in folders
-                  if any(os.path.lexists(os.path.join(e.path, marker)) for marker in _MODULE_MARKERS))
+    return sorted(e.name for e in folders if _laid_out_as_module(e.path))
 
 
-def _subfolders(folder: str) -> list[os.DirEntry[str]]:
-    """Complete entries only: a name with TEMP_MARKER is work in progress or a deletion."""
+def _laid_out_as_module(folder: str) -> bool:
+    for marker in _MODULE_MARKERS:
+        try:
+            os.lstat(os.path.join(folder, marker))
+            return True
+        except PermissionError:  # a folder of this user that lost its permissions: listed as damaged
+            return _owned_by_me(folder)
+        except OSError:
+            continue
+    return False
+
+
+def _owned_by_me(path: str) -> bool:
+    try:
+        return os.lstat(path).st_uid == os.geteuid()
+    except OSError:
+        return False
+
+
+def _subfolders(folder: str) -> tuple[list[os.DirEntry[str]], str]:
+    """Complete entries only (a name with TEMP_MARKER is work in progress or a deletion), and what is
+    wrong with ``folder`` itself ("" when it is a readable folder or absent)."""
     try:
         with os.scandir(folder) as entries:
-            return sorted((e for e in entries if e.is_dir(follow_symlinks=False) and TEMP_MARKER not in e.name),
-                          key=lambda e: e.name)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+            found = [e for e in entries if e.is_dir(follow_symlinks=False) and TEMP_MARKER not in e.name]
+    except FileNotFoundError:
+        return [], ""
+    except NotADirectoryError:
+        return [], "is not a folder"
+    except OSError as error:
+        return [], f"is unreadable ({error.strerror or error})"
+    if os.path.islink(folder):
+        return [], "is a symbolic link"
+    return sorted(found, key=lambda e: e.name), ""
 
 
 def _artifacts(module: str, module_folder: str) -> list[ArtifactInfo]:
-    found = []
-    for entry in _subfolders(os.path.join(module_folder, "artifacts")):
-        try:
-            manifest = read_manifest(os.path.join(entry.path, MANIFEST_NAME))
-        except ManifestError as error:
-            created = _mtime(entry.path)
-            found.append(ArtifactInfo(module, entry.name, entry.path, tree_size(entry.path), created, created,
-                                      0.0, {}, damaged=str(error)))
-            continue
-        found.append(ArtifactInfo(module, entry.name, entry.path, tree_size(entry.path), manifest.created_at,
-                                  last_used(entry.path, manifest.created_at), manifest.build_seconds,
-                                  built_for(manifest)))
-    return found
+    folder = os.path.join(module_folder, "artifacts")
+    entries, problem = _subfolders(folder)
+    if problem:
+        changed = _mtime(folder)
+        return [ArtifactInfo(module, "artifacts", folder, tree_size(folder), changed, changed, 0.0, {},
+                             damaged=f"the artifacts folder {folder} {problem}")]
+    return [_artifact(module, entry.name, entry.path) for entry in entries]
+
+
+def _artifact(module: str, artifact_id: str, path: str) -> ArtifactInfo:
+    created = _mtime(path)
+    try:
+        manifest = read_manifest(os.path.join(path, MANIFEST_NAME))  # never blocks on a FIFO
+    except ManifestError as error:
+        return ArtifactInfo(module, artifact_id, path, tree_size(path), created, created, 0.0, {},
+                            damaged=str(error))
+    # Not trusted for arithmetic: a manifest may hold NaN, Infinity or years beyond time_t.
+    created = _timestamp(manifest.created_at, created)
+    seconds = manifest.build_seconds if math.isfinite(manifest.build_seconds) else 0.0
+    return ArtifactInfo(module, artifact_id, path, tree_size(path), created, _timestamp(last_used(path, created),
+                        created), seconds, built_for(manifest))
+
+
+def read_regular_file(path: str, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the regular file at ``path``; OSError for anything else (never blocks on a FIFO)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(limit)
+    finally:
+        os.close(fd)
+
+
+# Timestamps past this (year 5138) are damage; time.localtime() overflows on some of them.
+_LATEST_TIMESTAMP = 1e11
+
+
+def _timestamp(value: float, fallback: float) -> float:
+    return value if math.isfinite(value) and 0 <= value <= _LATEST_TIMESTAMP else fallback
 
 
 def _build_folders(module: str, module_folder: str) -> list[BuildFolderInfo]:
+    folder = os.path.join(module_folder, "builds")
+    entries, problem = _subfolders(folder)
+    if problem:
+        return [BuildFolderInfo(module, "builds", folder, tree_size(folder), _mtime(folder),
+                                damaged=f"the builds folder {folder} {problem}")]
     return [BuildFolderInfo(module, entry.name, entry.path, tree_size(entry.path), _newest_mtime(entry.path))
-            for entry in _subfolders(os.path.join(module_folder, "builds"))]
+            for entry in entries]
 
 
 def built_for(manifest: Manifest) -> dict[str, Any]:
-    """What a binary runs on: torch, Python, the CPU target and CUDA architectures (from its manifest)."""
-    configuration = manifest.details.get("configuration", {})
-    environment = configuration.get("environment", {})
-    torch = environment.get("torch", {})
-    cflags = list(configuration.get("cflags", []))  # the host code's target (nvcc's -Xcompiler ones follow it)
+    """What a binary runs on: torch, Python, the CPU target and CUDA architectures (from its manifest).
+
+    The details are informative and not validated by the manifest's reader: a field of another type is None.
+    """
+    configuration = _object(manifest.details.get("configuration"))
+    environment = _object(configuration.get("environment"))
+    torch = _object(environment.get("torch"))
+    cflags = configuration.get("cflags")  # the host code's target (nvcc's -Xcompiler ones follow it)
+    cflags = [flag for flag in cflags if isinstance(flag, str)] if isinstance(cflags, list) else []
+    cpu = environment.get("cpu")
     return {
-        "torch": torch.get("version"),
-        "cxx11_abi": torch.get("cxx11_abi"),
-        "python": environment.get("python", {}).get("cache_tag"),
-        "cpu": cpu_target(cflags, environment.get("cpu")),
-        "cuda_archs": manifest.details.get("cuda_arch_list"),
+        "torch": _scalar(torch.get("version")),
+        "cxx11_abi": _scalar(torch.get("cxx11_abi")),
+        "python": _scalar(_object(environment.get("python")).get("cache_tag")),
+        "cpu": cpu_target(cflags, cpu if isinstance(cpu, str) else None),
+        "cuda_archs": _scalar(manifest.details.get("cuda_arch_list")),
     }
+
+
+def _object(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _scalar(value: object) -> str | int | bool | None:
+    if isinstance(value, float):
+        return None
+    return value if isinstance(value, (str, int, bool)) else None
 
 
 def cpu_target(cflags: list[str], fingerprint: str | None) -> str:

@@ -15,14 +15,14 @@ import json
 import os
 from typing import Any
 
-from . import _probe
+from . import _probe, _settings
 from ._version import __version__
 
 __all__ = ["DISABLE_JIT_ENV", "PREBUILT_FORMAT", "find_prebuilt", "jit_disabled", "prebuilt_record",
            "unusable_reason"]
 
 PREBUILT_FORMAT = 1
-DISABLE_JIT_ENV = "CACHED_CPP_EXTENSION_DISABLE_JIT"
+DISABLE_JIT_ENV = _settings.DISABLE_JIT.name  # an alias of the registry's name, for modules that import it
 
 # The CPU features each -march baseline lets the compiler use (x86-64 psABI levels), as /proc/cpuinfo
 # spells them; a baseline missing here is accepted only on a CPU whose -march it is not (never guessed).
@@ -34,7 +34,8 @@ BASELINE_FEATURES = {"x86-64": frozenset(), "x86-64-v2": _X86_V2, "x86-64-v3": _
 
 
 def jit_disabled() -> bool:
-    return os.environ.get(DISABLE_JIT_ENV, "") not in ("", "0")
+    """CACHED_CPP_EXTENSION_DISABLE_JIT; SettingError (a ValueError) for a value that is not a flag."""
+    return _settings.DISABLE_JIT.get()
 
 
 def prebuilt_record(name: str, library_path: str, cpu_baseline: str, with_cuda: bool,
@@ -82,7 +83,7 @@ def unusable_reason(record: dict[str, Any], name: str) -> str:
     built_torch = record.get("torch") or {}
     if "posed_as" in torch:
         return (f"was built for torch {built_torch.get('version')}; this process poses as torch "
-                f"{torch['posed_as']!r} ({_probe.TORCH_IDENTITY_ENV})")
+                f"{torch['posed_as']!r} ({_settings.TORCH_IDENTITY.name})")
     for field in ("version", "git_version", "cuda", "cxx11_abi"):
         if built_torch.get(field) != torch.get(field):
             return (f"was built for torch {built_torch.get('version')} ({field} {built_torch.get(field)!r}); "
@@ -103,8 +104,8 @@ def unusable_reason(record: dict[str, Any], name: str) -> str:
 def _missing_cpu_features(baseline: str) -> list[str]:
     if baseline not in BASELINE_FEATURES:
         return [f"(unknown baseline {baseline!r})"]
-    if os.environ.get(_probe.CPU_FINGERPRINT_ENV):  # posing as another CPU: its features are unknown
-        return [f"(the features of the CPU posed by {_probe.CPU_FINGERPRINT_ENV})"]
+    if _settings.CPU_FINGERPRINT.is_set():  # posing as another CPU: its features are unknown
+        return [f"(the features of the CPU posed by {_settings.CPU_FINGERPRINT.name})"]
     features = _probe.cpu_features()
     if not features:  # no /proc/cpuinfo flags (an unusual kernel): nothing to check against
         return []

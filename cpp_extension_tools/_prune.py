@@ -8,30 +8,38 @@ Safe next to running processes:
   between its lookup and its dlopen looks again under the lock (_api);
 - lock files are never deleted: deleting a lock file another process holds or
   waits on splits the lock in two.
+
+A damaged cache never stops it: a module it cannot lock or an entry it cannot
+delete is logged and skipped, so pruning after a build never fails that build
+because of another module. Folders of this user that lost their permissions
+(``chmod 000``) get them back so that they can be deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _settings
 from ._errors import LockTimeoutError, UnsafeCacheError
 from ._fsutil import TEMP_MARKER, remove_tree, temporary_name
-from ._inventory import ArtifactInfo, BuildFolderInfo, ModuleInfo, list_modules
+from ._inventory import ArtifactInfo, BuildFolderInfo, ModuleInfo, list_modules, read_regular_file
 from ._locking import module_lock
-from ._store import ModuleStore, read_hint
+from ._store import ModuleStore
 from ._trust import check_trusted
-from ._units import format_size, parse_size
+from ._units import format_size
 
 __all__ = ["MAX_SIZE_ENV", "PruneReport", "clear", "max_size_from_env", "prune"]
 
 logger = logging.getLogger("cpp_extension_tools")
 
-MAX_SIZE_ENV = "CACHED_CPP_EXTENSION_MAX_SIZE"
+MAX_SIZE_ENV = _settings.MAX_SIZE.name  # an alias of the registry's name, for modules that import it
 
 Entry = ArtifactInfo | BuildFolderInfo
 
@@ -40,6 +48,7 @@ Entry = ArtifactInfo | BuildFolderInfo
 class PruneReport:
     removed: list[Entry] = field(default_factory=list)
     busy_modules: list[str] = field(default_factory=list)  # skipped: their lock was held
+    failed_modules: list[str] = field(default_factory=list)  # skipped: their lock could not be taken
     size_before: int = 0
     dry_run: bool = False
 
@@ -54,12 +63,14 @@ class PruneReport:
                 f"{format_size(self.freed)} of {format_size(self.size_before)}")
         if self.busy_modules:
             text += f"; skipped (being built): {', '.join(self.busy_modules)}"
+        if self.failed_modules:
+            text += f"; skipped (cannot be locked, see the warnings): {', '.join(self.failed_modules)}"
         return text
 
     def to_json(self) -> dict[str, Any]:
         return {"removed": [{"module": e.module, "kind": _kind(e), "id": e.entry_id, "path": e.path,
                              "size_bytes": e.size, "last_used": e.last_used} for e in self.removed],
-                "busy_modules": self.busy_modules, "freed_bytes": self.freed,
+                "busy_modules": self.busy_modules, "failed_modules": self.failed_modules, "freed_bytes": self.freed,
                 "size_before_bytes": self.size_before, "dry_run": self.dry_run}
 
 
@@ -68,14 +79,8 @@ def _kind(entry: Entry) -> str:
 
 
 def max_size_from_env() -> int | None:
-    """CACHED_CPP_EXTENSION_MAX_SIZE in bytes, None when unset; ValueError naming the variable."""
-    raw = os.environ.get(MAX_SIZE_ENV, "").strip()
-    if not raw:
-        return None
-    try:
-        return parse_size(raw)
-    except ValueError as error:
-        raise ValueError(f"{MAX_SIZE_ENV}: {error}") from None
+    """CACHED_CPP_EXTENSION_MAX_SIZE in bytes, None when unset; SettingError (a ValueError) naming the variable."""
+    return _settings.MAX_SIZE.get()
 
 
 def select(modules: list[ModuleInfo], *, max_size: int | None = None, older_than: float | None = None,
@@ -89,7 +94,7 @@ def select(modules: list[ModuleInfo], *, max_size: int | None = None, older_than
     now = time.time() if now is None else now
     protected = set(protect)
     entries = [e for m in modules for e in _entries(m) if e.entry_id not in protected]
-    chosen = {e.path for e in entries if isinstance(e, ArtifactInfo) and e.damaged}
+    chosen = {e.path for e in entries if e.damaged}
     if older_than is not None:
         chosen |= {e.path for e in entries if now - e.last_used > older_than}
     if keep is not None:
@@ -143,6 +148,7 @@ def _remove_under_lock(root: str, module: str, entries: list[Entry], report: Pru
         report.removed.extend(entries)
         return
     store = ModuleStore(root, module)
+    _restore_access(store.folder)  # a module folder of this user that lost its permissions
     if module == held_module:
         _remove(store, entries, report, remove_records)
         return
@@ -153,6 +159,9 @@ def _remove_under_lock(root: str, module: str, entries: list[Entry], report: Pru
     except LockTimeoutError:
         logger.info("not pruning %s: it is being built (its lock is held)", module)
         report.busy_modules.append(module)
+    except OSError as error:  # its lock cannot be taken (a damaged or unwritable module folder)
+        logger.warning("not pruning %s: %s", module, error)
+        report.failed_modules.append(module)
 
 
 def _remove(store: ModuleStore, entries: list[Entry], report: PruneReport, remove_records: bool) -> None:
@@ -166,11 +175,45 @@ def _remove(store: ModuleStore, entries: list[Entry], report: PruneReport, remov
         except (UnsafeCacheError, OSError) as error:
             logger.warning("not deleting %s: %s", entry.path, error)
             continue
-        remove_tree(aside)
+        remove_owned_tree(aside)
         report.removed.append(entry)
-        logger.debug("deleted %s (%s, last used %s)", entry.path, format_size(entry.size),
-                     time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_used)))
+        logger.debug("deleted %s (%s, last used %s)", entry.path, format_size(entry.size), _when(entry.last_used))
     _remove_stale_records(store, remove_records)
+
+
+def _when(timestamp: float) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+    except (OverflowError, ValueError, OSError):
+        return "at an unknown time"
+
+
+def remove_owned_tree(path: str) -> None:
+    """Delete ``path``, first giving this user's folders in it back the permissions deleting needs."""
+    pending = [path]
+    while pending:
+        folder = pending.pop()
+        if not _restore_access(folder):
+            continue
+        with contextlib.suppress(OSError), os.scandir(folder) as entries:  # unreadable: rmtree leaves it
+            pending.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+    remove_tree(path)
+
+
+def _restore_access(folder: str) -> bool:
+    """Give a folder of this user without owner rwx its owner rwx back; False when ``folder`` is no folder."""
+    try:
+        info = os.lstat(folder)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(info.st_mode):
+        return False
+    if info.st_uid == os.geteuid() and info.st_mode & 0o700 != 0o700:
+        try:
+            os.chmod(folder, stat.S_IMODE(info.st_mode) | 0o700)
+        except OSError as error:
+            logger.debug("cannot restore the permissions of %s: %s", folder, error)
+    return True
 
 
 def _remove_stale_records(store: ModuleStore, remove_all: bool) -> None:
@@ -183,9 +226,14 @@ def _remove_stale_records(store: ModuleStore, remove_all: bool) -> None:
         return
     for path in records:
         if remove_all or (os.path.basename(path).startswith("latest-") and not _hint_target_exists(store, path)):
-            remove_tree(path)
+            remove_owned_tree(path)
 
 
 def _hint_target_exists(store: ModuleStore, hint: str) -> bool:
-    target = read_hint(hint)
-    return target is not None and os.path.isdir(os.path.join(store.artifacts_folder, target))
+    """Whether the latest-* hint names an existing artifact (a hint that is not a regular file never does)."""
+    target = ""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        target = read_regular_file(hint, 200).decode().strip()
+    if not target or target != os.path.basename(target) or target in (".", ".."):
+        return False
+    return os.path.isdir(os.path.join(store.artifacts_folder, target))

@@ -1,4 +1,4 @@
-"""The registry of every ``CACHED_CPP_EXTENSION_*`` environment variable.
+"""The registry of every ``CACHED_CPP_EXTENSION_*`` environment variable (and the library's other own ones).
 
 Each setting has one entry here: its name, default, parser and documentation
 line. Every module reads settings through these entries, never through
@@ -8,7 +8,9 @@ used, the configuration docs and the tests' isolation fixture iterate
 
 Reading is cheap (one ``os.environ`` lookup and, for a set variable, a parse
 without imports): the warm path reads several settings on every call.
-An unset or empty variable means the default.
+An unset or empty variable means the default. A value the parser rejects is a
+:class:`SettingError` (a ValueError) naming the variable; the cold path checks
+every setting up front (:func:`check`), before anything is written.
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ from typing import Any, Generic, TypeVar
 
 __all__ = [
     "BUILD_DIR", "COMPILER_LAUNCHER", "CPU_FINGERPRINT", "DISABLE_JIT", "LOCK_LOG_INTERVAL", "LOCK_TIMEOUT",
-    "MAX_SIZE", "PYTHON_IDENTITY", "SETTINGS", "SHARED_CACHE", "TORCH_IDENTITY", "Setting",
+    "MAX_SIZE", "PYTHON_IDENTITY", "SETTINGS", "SHARED_CACHE", "SKIP_PREBUILT", "TORCH_IDENTITY", "Setting",
+    "SettingError", "check",
 ]
 
 T = TypeVar("T")
+
+
+class SettingError(ValueError):
+    """An environment variable holds a value its setting rejects; the message names the variable."""
 
 
 class Setting(Generic[T]):
@@ -56,7 +63,7 @@ class Setting(Generic[T]):
         try:
             return self.parse(raw)
         except ValueError as error:
-            raise ValueError(f"{self.name}={os.environ.get(self.name)!r}: {error}") from None
+            raise SettingError(f"{self.name}={os.environ.get(self.name)!r}: {error}") from None
 
     def __repr__(self) -> str:
         return f"Setting({self.name!r})"
@@ -131,10 +138,11 @@ MAX_SIZE: Setting[int | None] = Setting(
     "CACHED_CPP_EXTENSION_MAX_SIZE", None, parse_size,
     "A size such as `2G` or `500M` (powers of 1024): after each build, the least recently used artifacts and "
     "build folders are deleted until the cache root fits; never the binary just built or a module being "
-    "built. An invalid value is a warning, and nothing is pruned.")
+    "built. A size that does not parse is a `ValueError` naming the variable when a module is built, "
+    "before anything is written.")
 SHARED_CACHE: Setting[bool] = Setting(
     "CACHED_CPP_EXTENSION_SHARED_CACHE", False, parse_flag,
-    "`1`: a cache shared on purpose by a team: new folders are created `2770` and new files group-writable, "
+    "`1` (or `0`): a cache shared on purpose by a team: new folders are created `2770` and new files group-writable, "
     "group-writable folders and other members' files are trusted (world-writable ones without the sticky "
     "bit never are).")
 COMPILER_LAUNCHER: Setting[str] = Setting(
@@ -143,7 +151,7 @@ COMPILER_LAUNCHER: Setting[str] = Setting(
     "with arguments split as by a shell. Not part of the key. Not on `PATH`: `BuildError`.")
 DISABLE_JIT: Setting[bool] = Setting(
     "CACHED_CPP_EXTENSION_DISABLE_JIT", False, parse_flag,
-    "`1`: a module that is neither cached nor usable prebuilt raises `BuildError` (saying why the prebuilt "
+    "`1` (or `0`): a module that is neither cached nor usable prebuilt raises `BuildError` (saying why the prebuilt "
     "binary did not fit) instead of compiling.")
 CPU_FINGERPRINT: Setting[str] = Setting(
     "CACHED_CPP_EXTENSION_CPU_FINGERPRINT", "", parse_text,
@@ -158,7 +166,23 @@ PYTHON_IDENTITY: Setting[str] = Setting(
     "Added to the key, so a process poses as another Python (tests use it); prebuilt binaries are not used "
     "while it is set.")
 
+SKIP_PREBUILT: Setting[bool] = Setting(
+    "CPP_EXTENSION_TOOLS_SKIP_PREBUILT", False, parse_flag,
+    "`1` (or `0`): `setup.py` builds wheels without prebuilt binaries.")
+
 SETTINGS: tuple[Setting[Any], ...] = (  # the order of the docs table
     BUILD_DIR, LOCK_TIMEOUT, LOCK_LOG_INTERVAL, MAX_SIZE, SHARED_CACHE, COMPILER_LAUNCHER,
-    DISABLE_JIT, CPU_FINGERPRINT, TORCH_IDENTITY, PYTHON_IDENTITY,
+    DISABLE_JIT, CPU_FINGERPRINT, TORCH_IDENTITY, PYTHON_IDENTITY, SKIP_PREBUILT,
 )
+
+
+def check(settings: tuple[Setting[Any], ...] = SETTINGS) -> None:
+    """Parse each of ``settings`` (default: all); one SettingError naming every invalid variable."""
+    problems = []
+    for setting in settings:
+        try:
+            setting.get()
+        except SettingError as error:
+            problems.append(str(error))
+    if problems:
+        raise SettingError("; ".join(problems))

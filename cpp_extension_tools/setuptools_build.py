@@ -42,11 +42,13 @@ from dataclasses import dataclass
 from setuptools import Distribution
 from setuptools.command.build_py import build_py
 
+from . import _settings
+
 __all__ = ["SKIP_ENV", "PrebuiltDistribution", "PrebuiltExtension", "build_prebuilt", "build_py_with_prebuilt"]
 
 logger = logging.getLogger("cpp_extension_tools")
 
-SKIP_ENV = "CPP_EXTENSION_TOOLS_SKIP_PREBUILT"
+SKIP_ENV = _settings.SKIP_PREBUILT.name
 
 
 @dataclass(frozen=True)
@@ -134,8 +136,8 @@ def _portable_arch_list() -> str:
 
 @contextlib.contextmanager
 def _environment(arch_list: str | None) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in ("TORCH_CUDA_ARCH_LIST", "CACHED_CPP_EXTENSION_DISABLE_JIT")}
-    os.environ.pop("CACHED_CPP_EXTENSION_DISABLE_JIT", None)
+    saved = {k: os.environ.get(k) for k in ("TORCH_CUDA_ARCH_LIST", _settings.DISABLE_JIT.name)}
+    os.environ.pop(_settings.DISABLE_JIT.name, None)
     if arch_list:
         os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
     try:
@@ -161,7 +163,7 @@ def build_py_with_prebuilt(extensions: Sequence[PrebuiltExtension] | Callable[[]
             super().run()
             if getattr(self, "editable_mode", False):
                 return  # an editable install builds at import, from the sources in place
-            if os.environ.get(SKIP_ENV, "") not in ("", "0"):
+            if _settings.SKIP_PREBUILT.get():
                 logger.warning("%s is set: the wheel gets no prebuilt binaries", SKIP_ENV)
                 return
             try:

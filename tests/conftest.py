@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from cpp_extension_tools import _settings
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -90,10 +92,8 @@ def cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for variable in ("CACHED_CPP_EXTENSION_BUILD_DIR", "CACHED_CPP_EXTENSION_CPU_FINGERPRINT",
-                     "CACHED_CPP_EXTENSION_TORCH_IDENTITY", "CACHED_CPP_EXTENSION_PYTHON_IDENTITY",
-                     "CACHED_CPP_EXTENSION_LOCK_TIMEOUT", "CACHED_CPP_EXTENSION_LOCK_LOG_INTERVAL",
-                     "CACHED_CPP_EXTENSION_MAX_SIZE", "CACHED_CPP_EXTENSION_COMPILER_LAUNCHER", "COMPILE_DELAY"):
+    # Every setting of the registry: one a developer exported must not change what the tests see.
+    for variable in (*(setting.name for setting in _settings.SETTINGS), "COMPILE_DELAY"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     yield

@@ -220,17 +220,17 @@ def test_an_artifact_removed_between_lookup_and_load_is_rebuilt(tmp_path: Path, 
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     sources = write_module(tmp_path / "src", functions={"answer": 6})
     run_python(LOAD.format(name="vanishing", sources=sources))
-    real_import = api_module.import_extension
-    removed = []
+    real_open = api_module.open_trusted  # the load opens the binary, then maps what it opened
+    removed: list[Any] = []
 
-    def prune_first(name: str, path: str) -> Any:
+    def prune_first(root: str, path: str) -> int:
         if not removed:
             removed.append(path)
             prune(str(cache_root), keep=0)  # what another process's prune could do at this moment
             removed.append(not os.path.exists(path))
-        return real_import(name, path)
+        return real_open(root, path)
 
-    monkeypatch.setattr(api_module, "import_extension", prune_first)
+    monkeypatch.setattr(api_module, "open_trusted", prune_first)
     compilers.reset()
     module = cached_load_torch_cpp_extension("vanishing", sources)
     assert module.answer() == 6
@@ -252,14 +252,13 @@ def test_max_size_prunes_after_each_build_but_never_the_new_binary(tmp_path: Pat
     assert len(module.builds) == 1  # the build folder of the configuration just built stays
 
 
-def test_an_invalid_max_size_warns_and_the_build_still_succeeds(tmp_path: Path, cache_root: Path,
-                                                               monkeypatch: pytest.MonkeyPatch,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_an_invalid_max_size_fails_the_build_before_it_takes_the_lock(tmp_path: Path, cache_root: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CACHED_CPP_EXTENSION_MAX_SIZE", "lots")
-    ids = _build_variants("badlimit", tmp_path / "src", [1, 2])
-    assert _artifact_ids(cache_root, "badlimit") == set(ids)
-    assert any("CACHED_CPP_EXTENSION_MAX_SIZE" in r.getMessage() and "'lots'" in r.getMessage()
-               for r in caplog.records)
+    with pytest.raises(ValueError, match="CACHED_CPP_EXTENSION_MAX_SIZE='lots'"):
+        _build_variants("badlimit", tmp_path / "src", [1])
+    assert not (cache_root / "badlimit" / ".lock").exists()
+    assert _artifact_ids(cache_root, "badlimit") == set()
 
 
 # -- clear and build -----------------------------------------------------------

@@ -37,10 +37,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from cpp_extension_tools import _cli, cached_load_torch_cpp_extension, setuptools_build
+from cpp_extension_tools import _cli, _settings, cached_load_torch_cpp_extension, setuptools_build
 from tests.conftest import REPO
 
 DOCS = REPO / "docs"
@@ -349,6 +350,20 @@ def test_configuration_page_lists_every_setting() -> None:
     # PrebuiltExtension rows may name two fields at once ("`sources`, `include_paths`").
     missing += sorted(f for f in fields if f not in spans)
     assert not missing, f"docs/configuration.md does not list: {missing}"
+
+
+def _registry_row(setting: _settings.Setting[Any]) -> str:
+    return f"| `{setting.name}` | {setting.default_text} | {setting.doc} |"
+
+
+def test_configuration_table_is_the_settings_registry() -> None:
+    """The environment rows of the table are _settings.SETTINGS, in order: name, default text and doc line."""
+    own = re.compile(r"^\| `(CACHED_CPP_EXTENSION_|CPP_EXTENSION_TOOLS_)[A-Z_]+` \|")
+    rows = [line for line in (DOCS / "configuration.md").read_text(encoding="utf-8").splitlines()
+            if own.match(line)]
+    expected = [_registry_row(setting) for setting in _settings.SETTINGS]
+    assert rows == expected, ("docs/configuration.md's rows of the library's variables differ from "
+                              "cpp_extension_tools/_settings.py; the rows should read:\n" + "\n".join(expected))
 
 
 def test_cli_page_lists_every_command_and_option() -> None:
