@@ -14,6 +14,11 @@ second mode), so it works whatever the parent's sys.path.
 
 Either way the worker dies with its parent: a build whose requester was killed
 stops, together with ninja and the compilers (they share this process's session).
+Once ninja has returned, however it ended (a crash, killed alone), every other
+process of the session is killed before the result is written, so no compiler
+of this build outlives it. A worker that could not do so (killed, stopped) left
+its session in SESSION_FILE: the next worker in the build folder kills what is
+left of it before building.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -58,16 +64,110 @@ def _live_session_members(session: int) -> list[int]:
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                data = f.read()
-            fields = data[data.rfind(b")") + 2:].split()  # the command name may hold spaces
-            state, sid = fields[0], int(fields[3])
-        except (OSError, ValueError, IndexError):
-            continue
-        if sid == session and state not in (b"Z", b"X"):  # zombies are dead, waiting to be reaped
+        stat = _proc_stat(int(name))
+        if stat is not None and stat[1] == session and stat[0] not in (b"Z", b"X"):  # zombies are dead
             members.append(int(name))
     return members
+
+
+def _proc_stat(pid: int) -> tuple[bytes, int, int] | None:
+    """(state, session, start time in clock ticks) of ``pid`` from /proc; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        fields = data[data.rfind(b")") + 2:].split()  # the command name may hold spaces
+        return fields[0], int(fields[3]), int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def stop_stragglers() -> list[int]:
+    """Kill every other process of this worker's session (what ninja left running); their pids.
+
+    Only when this process leads its session (the library starts it so): otherwise the session is
+    someone else's, a terminal's or a test runner's.
+    """
+    me = os.getpid()
+    if not os.path.isdir("/proc") or os.getsid(0) != me:
+        return []
+    stragglers = [pid for pid in _live_session_members(me) if pid != me]
+    if stragglers:
+        kill_session(me)
+    return stragglers
+
+
+SESSION_FILE = "cpp_extension_tools_session.json"
+
+
+def _machine_identity() -> dict[str, str]:
+    """Where a session id means something: this host, boot and pid namespace."""
+    identity = {"host": os.uname().nodename}
+    with contextlib.suppress(OSError):
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            identity["boot"] = f.read().strip()
+        identity["pid_namespace"] = os.readlink("/proc/self/ns/pid")
+    return identity
+
+
+def claim_build_folder(build_directory: str) -> list[int]:
+    """Kill what is left of an earlier worker's session in ``build_directory``, then record ours.
+
+    Returns the pids killed. An earlier worker that was SIGKILLed or stopped together with its
+    requester could not kill its ninja and compilers; they would write old objects into this build.
+    A process is killed only if it is in that session, works in this folder, and the session is
+    the recorded one (same machine, and its leader is the recorded process or gone).
+    """
+    path = os.path.join(build_directory, SESSION_FILE)
+    killed = _stop_recorded_session(path, build_directory)
+    release_build_folder(build_directory)
+    me = os.getpid()
+    stat = _proc_stat(me)
+    if stat is not None and stat[1] == me:
+        record = {"session": me, "start": stat[2], **_machine_identity()}
+        temporary = f"{path}.tmp-{me}"
+        with open(temporary, "w", encoding="utf-8") as f:
+            json.dump(record, f)
+        os.replace(temporary, path)
+    return killed
+
+
+def _stop_recorded_session(path: str, build_directory: str) -> list[int]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+        session, start = int(record["session"]), int(record["start"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if any(record.get(key) != value for key, value in _machine_identity().items()):
+        return []
+    leader = _proc_stat(session)
+    if leader is not None and leader[2] != start:  # the pid was reused: that session ended
+        return []
+    folder = os.path.realpath(build_directory)
+    killed = []
+    for _ in range(50):  # a process may fork while we look: look again until none is left
+        members = [pid for pid in _live_session_members(session) if pid != os.getpid() and _works_in(pid, folder)]
+        if not members:
+            break
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        killed += [pid for pid in members if pid not in killed]
+    return killed
+
+
+def _works_in(pid: int, folder: str) -> bool:
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return False
+    return cwd == folder or cwd.startswith(folder + os.sep)
+
+
+def release_build_folder(build_directory: str) -> None:
+    """Forget our session record: nothing of this build is left running."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(build_directory, SESSION_FILE))
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -78,14 +178,9 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
     signal.signal(signal.SIGTERM, stop_group)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-        except (OSError, AttributeError):
-            pass
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
     def watch() -> None:  # also covers platforms without PR_SET_PDEATHSIG
         while True:
@@ -244,9 +339,54 @@ def _run_ninja(build_directory: str, name: str) -> None:
     if os.environ.get("MAX_JOBS"):  # torch's knob for the number of parallel compilers
         command += ["-j", os.environ["MAX_JOBS"]]
     sys.stdout.flush()
-    returncode = subprocess.run(command, cwd=build_directory, stderr=subprocess.STDOUT, check=False).returncode
+    returncode = subprocess.run(command, cwd=build_directory, stderr=subprocess.STDOUT, check=False,
+                                preexec_fn=_die_with_this_process()).returncode
+    if returncode < 0:
+        raise RuntimeError(f"Error building extension '{name}': {_killed_by(returncode)}")
     if returncode != 0:
         raise RuntimeError(f"Error building extension '{name}' (ninja exit status {returncode})")
+
+
+def _killed_by(returncode: int) -> str:
+    try:
+        name = f" ({signal.Signals(-returncode).name})"
+    except ValueError:
+        name = ""
+    return f"ninja was killed by signal {-returncode}{name}"
+
+
+def _die_with_this_process() -> Callable[[], None] | None:
+    """For ninja's preexec_fn: SIGKILL it when this worker dies, rather than letting it build on alone.
+
+    PR_SET_PDEATHSIG survives exec. The compilers ninja runs are then left to finish their file; the
+    requester kills the session once this worker is gone, and the next worker here whatever is left.
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    worker = os.getpid()
+
+    def set_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != worker:  # died between fork and prctl
+            os._exit(1)
+
+    return set_death_signal
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _prctl() -> Callable[[int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        function: Callable[[int, int], int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return function
 
 
 def build(spec: dict[str, Any]) -> dict[str, Any]:
@@ -258,14 +398,26 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
             _build_with_torch(spec, result)
         result["ok"] = True
     except Exception as error:  # reported to the parent, which raises BuildError
-        result["error"] = str(error)
+        result["error"] = str(error) + _signal_cause(error)
         result["error_type"] = type(error).__name__
         import traceback
 
         traceback.print_exc()
+    stragglers = stop_stragglers()  # before anything reads the build folder: none of them writes there now
+    if stragglers:
+        print(f"cpp_extension_tools: killed {len(stragglers)} process(es) of the build still running after "
+              f"ninja ended: {stragglers}", flush=True)
     result["deps"] = _ninja_deps(spec["build_directory"])
     result["compiler_versions"] = {role: _version_line(words) for role, words in spec["compilers"].items()}
     return result
+
+
+def _signal_cause(error: BaseException) -> str:
+    """torch's load() raises "Error building extension" from ninja's CalledProcessError: say if ninja was killed."""
+    cause = error.__cause__
+    if isinstance(cause, subprocess.CalledProcessError) and cause.returncode < 0 and "killed" not in str(error):
+        return f": {_killed_by(cause.returncode)}"
+    return ""
 
 
 def _build_with_torch(spec: dict[str, Any], result: dict[str, Any]) -> None:
@@ -288,11 +440,16 @@ def main() -> int:
     _die_with_parent(parent_pid)
     with open(spec_path, encoding="utf-8") as f:
         spec = json.load(f)
+    leftovers = claim_build_folder(spec["build_directory"])
+    if leftovers:
+        print(f"cpp_extension_tools: killed {len(leftovers)} process(es) left running by an earlier, killed "
+              f"build in this folder: {leftovers}", flush=True)
     if not spec.get("ninja_only"):  # torch's load() reports its progress through logging
         import logging
 
         logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
     result = build(spec)
+    release_build_folder(spec["build_directory"])
     sys.stdout.flush()
     temporary = f"{result_path}.tmp-{os.getpid()}"
     with open(temporary, "w", encoding="utf-8") as f:
