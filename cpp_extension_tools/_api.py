@@ -104,12 +104,7 @@ def cached_load_torch_cpp_extension(
     else:
         log("%s: cache miss (%s)", config.name, reason)
     _allow_build(config, prebuilt_skipped)
-    return _build_and_load(store, config, verbose, _deadline())
-
-
-def _deadline() -> float:
-    """When this call stops waiting for other threads' and processes' builds (time.monotonic())."""
-    return time.monotonic() + _settings.LOCK_TIMEOUT.get()
+    return _build_and_load(store, config, verbose)
 
 
 def _allow_build(config: BuildConfig, prebuilt_skipped: str) -> None:
@@ -243,9 +238,12 @@ def _thread_lock(folder: str) -> ForkSafeLock:
         return lock
 
 
-def _build_and_load(store: ModuleStore, config: BuildConfig, verbose: bool, deadline: float) -> ModuleType:
-    from ._locking import module_lock  # the slow path's modules stay out of the warm path
+def _build_and_load(store: ModuleStore, config: BuildConfig, verbose: bool) -> ModuleType:
+    from ._locking import call_deadline, module_lock  # the slow path's modules stay out of the warm path
 
+    # One deadline for the whole call: waiting for this process's other threads counts too. Taking it
+    # also checks every setting, before anything is written.
+    deadline = call_deadline()
     # Read before waiting: a failure recorded while we wait was the build we
     # waited for, and is re-raised instead of being compiled again.
     failure_before = store.read_failure(config)
@@ -304,20 +302,17 @@ def _build_locked(store: ModuleStore, config: BuildConfig, verbose: bool,
 
 def _prune_after_build(store: ModuleStore, config: BuildConfig, manifest: Manifest) -> None:
     """Keep the cache under CACHED_CPP_EXTENSION_MAX_SIZE, if set; never fails the build."""
-    from ._prune import MAX_SIZE_ENV, max_size_from_env, prune
+    from ._prune import prune
 
-    try:
-        max_size = max_size_from_env()
-    except ValueError as error:
-        logger.warning("%s; the cache is not pruned", error)
-        return
+    max_size = _settings.MAX_SIZE.get()  # checked valid when the call's deadline was taken
     if max_size is None:
         return
     try:
         report = prune(store.root, max_size=max_size, held_module=store.name,
                        protect={manifest.artifact_id, config.short_key})
     except OSError as error:
-        logger.warning("pruning the cache to %s=%s failed: %s", MAX_SIZE_ENV, os.environ.get(MAX_SIZE_ENV), error)
+        logger.warning("pruning the cache to %s=%s failed: %s", _settings.MAX_SIZE.name, _settings.MAX_SIZE.raw(),
+                       error)
         return
     if report.removed:
         logger.info("%s: pruned %s", config.name, report.summary())

@@ -105,7 +105,7 @@ def memo_get(folder: str, key: str) -> ModuleType | None:
     if entry is None:
         return None
     module, manifest = entry
-    if all(file_matches(record) for record in manifest.inputs):
+    if all(file_matches(record) for record in manifest.inputs) and not manifest.changed_folder():
         return module
     return None
 

@@ -13,6 +13,7 @@ and the compilers that built it (checked by stat on a hit, never looked up).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -95,6 +96,35 @@ class Manifest:
         self.details = details
         self.folders = folders
         self.tools = tools
+
+    def changed_folder(self) -> str:
+        """Why a searched folder no longer matches its record ("" when all match): an entry was added or removed."""
+        for folder in self.folders:
+            try:
+                mtime = os.stat(folder.path).st_mtime_ns
+            except OSError:
+                mtime = -1
+            if mtime != folder.mtime_ns:
+                return f"the folder {folder.path}, searched by the build, changed (a file there may now be found first)"
+        return ""
+
+    def changed_tool(self) -> str:
+        """Why a compiler differs from the one that built the artifact ("" when none does).
+
+        Only what a stat can tell, and only where the compiler still is: a runtime image with a filled
+        cache and no compiler loads the artifact whose other key parts match.
+        """
+        for tool in self.tools:
+            try:
+                st = os.stat(tool.path)
+            except OSError:
+                logging.getLogger("cpp_extension_tools").debug(
+                    "%s: the %s that built it (%s) is not there; using it anyway", self.artifact_id, tool.role,
+                    tool.path)
+                continue
+            if not tool.matches(st):
+                return f"the compiler {tool.path} changed since the artifact was built"
+        return ""
 
     def to_json(self) -> dict[str, Any]:
         return {

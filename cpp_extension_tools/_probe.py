@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
+import stat
 import sys
 from typing import Any
+
+from . import _settings
 
 __all__ = [
     "CPU_FINGERPRINT_ENV", "CompilerIdentity", "cpu_features", "cpu_fingerprint", "cuda_target",
     "find_cuda_home", "find_nvcc", "python_identity", "resolve_compiler", "torch_identity",
 ]
 
-CPU_FINGERPRINT_ENV = "CACHED_CPP_EXTENSION_CPU_FINGERPRINT"
-TORCH_IDENTITY_ENV = "CACHED_CPP_EXTENSION_TORCH_IDENTITY"
-PYTHON_IDENTITY_ENV = "CACHED_CPP_EXTENSION_PYTHON_IDENTITY"
+CPU_FINGERPRINT_ENV = _settings.CPU_FINGERPRINT.name
+TORCH_IDENTITY_ENV = _settings.TORCH_IDENTITY.name
+PYTHON_IDENTITY_ENV = _settings.PYTHON_IDENTITY.name
 
 
 def torch_identity() -> dict[str, Any]:
@@ -41,7 +45,7 @@ def torch_identity() -> dict[str, Any]:
         "hip": getattr(torch.version, "hip", None),
         "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
     }
-    override = os.environ.get(TORCH_IDENTITY_ENV)
+    override = _settings.TORCH_IDENTITY.raw()
     if override:
         identity["posed_as"] = override
     return identity
@@ -59,7 +63,7 @@ def _python_identity() -> tuple[str, str, str]:
 def python_identity() -> dict[str, str]:
     ext_suffix, cache_tag, machine = _python_identity()
     identity = {"ext_suffix": ext_suffix, "cache_tag": cache_tag, "machine": machine}
-    override = os.environ.get(PYTHON_IDENTITY_ENV)
+    override = _settings.PYTHON_IDENTITY.raw()
     if override:
         identity["posed_as"] = override
     return identity
@@ -72,7 +76,7 @@ def cpu_fingerprint() -> str:
     identical nodes can share one cache by setting the same value everywhere,
     and tests pose as another CPU with it.
     """
-    override = os.environ.get(CPU_FINGERPRINT_ENV)
+    override = _settings.CPU_FINGERPRINT.raw()
     if override:
         return "override:" + override
     return _detected_cpu_fingerprint()
@@ -80,8 +84,66 @@ def cpu_fingerprint() -> str:
 
 @functools.cache
 def _detected_cpu_fingerprint() -> str:
-    description = _read_first_cpu_block()
-    return hashlib.sha256(description.encode()).hexdigest()[:32]
+    """The fingerprint of /proc/cpuinfo, remembered for the rest of the boot in a file of this user's.
+
+    Reading /proc/cpuinfo costs about 0.2 ms (the kernel samples every core's clock for it), more than
+    the rest of a warm load; the CPU cannot change without a reboot, so the digest is kept in
+    ``cpu-fingerprint-<uid>`` (beside the boot id it belongs to) in $XDG_RUNTIME_DIR, else in
+    ~/.cache/cpp_extension_tools. A file there that another user could have written is ignored.
+    """
+    boot_id = _boot_id()
+    path = _fingerprint_file()
+    remembered = _read_remembered(path, boot_id) if boot_id and path else None
+    if remembered is not None:
+        return remembered
+    fingerprint = hashlib.sha256(_read_first_cpu_block().encode()).hexdigest()[:32]
+    if boot_id and path:
+        _remember(path, boot_id, fingerprint)
+    return fingerprint
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            return f.read(64).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+
+
+def _fingerprint_file() -> str:
+    folder = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                                 "cpp_extension_tools")
+    return os.path.join(folder, f"cpu-fingerprint-{os.geteuid()}") if os.path.isabs(folder) else ""
+
+
+def _read_remembered(path: str, boot_id: str) -> str | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return None
+        words = os.read(fd, 256).decode("ascii", "replace").split()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(words) == 2 and words[0] == boot_id and len(words[1]) == 32 and not words[1].strip("0123456789abcdef"):
+        return words[1]
+    return None
+
+
+def _remember(path: str, boot_id: str, fingerprint: str) -> None:
+    from ._fsutil import atomic_write_bytes  # once per boot
+
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        atomic_write_bytes(path, f"{boot_id} {fingerprint}\n".encode(), mode=0o600)
+    except OSError as error:  # only a shortcut: the next process reads /proc/cpuinfo again
+        logging.getLogger("cpp_extension_tools").debug("could not remember the CPU fingerprint in %s: %s",
+                                                       path, error)
 
 
 _CPU_FIELDS = ("vendor_id", "cpu family", "model", "model name", "stepping", "flags",

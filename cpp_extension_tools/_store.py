@@ -157,7 +157,7 @@ class ModuleStore:
         for record in manifest.inputs:
             if not file_matches(record):
                 return None, f"{record.path} changed", False
-        changed = _changed_folder(manifest) or _changed_tool(manifest)
+        changed = manifest.changed_folder() or manifest.changed_tool()
         if changed:
             return None, changed, False
         library = os.path.join(folder, manifest.library_file)
@@ -312,36 +312,6 @@ def _replace_file_with_folder(path: str) -> None:
     if not stat.S_ISDIR(info.st_mode) and not stat.S_ISLNK(info.st_mode):
         logger.warning("deleting %s: the cache expects a folder there", path)
         os.unlink(path)
-
-
-def _changed_folder(manifest: Manifest) -> str:
-    """Why a searched folder no longer matches its record ("" when all match): an entry was added or removed."""
-    for folder in manifest.folders:
-        try:
-            mtime = os.stat(folder.path).st_mtime_ns
-        except OSError:
-            mtime = -1
-        if mtime != folder.mtime_ns:
-            return f"the folder {folder.path}, searched by the build, changed (a file there may now be found first)"
-    return ""
-
-
-def _changed_tool(manifest: Manifest) -> str:
-    """Why a compiler differs from the one that built the artifact ("" when none does).
-
-    Only what a stat can tell, and only where the compiler still is: a runtime image with a filled
-    cache and no compiler loads the artifact whose other key parts match.
-    """
-    for tool in manifest.tools:
-        try:
-            st = os.stat(tool.path)
-        except OSError:
-            logger.debug("%s: the %s that built it (%s) is not there; using it anyway", manifest.artifact_id,
-                         tool.role, tool.path)
-            continue
-        if not tool.matches(st):
-            return f"the compiler {tool.path} changed since the artifact was built"
-    return ""
 
 
 def _library_intact(path: str, record: FileRecord) -> bool:
