@@ -8,11 +8,13 @@ to publish or a BuildError.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import logging
 import os
 import re
+import select
 import shlex
 import shutil
 import stat
@@ -437,19 +439,15 @@ def _run_worker(config: BuildConfig, build_folder: str, driver: str, launcher: S
     with _new_log(log_path) as log:
         process = subprocess.Popen(command, cwd=build_folder, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, text=True, errors="replace", umask=umask)
+                                   start_new_session=True, umask=umask)
         try:
-            if process.stdout is None:
-                raise RuntimeError("the build worker's output is not a pipe")
-            for line in process.stdout:
-                log.write(line)
-                log.flush()
-                _log_progress(line.rstrip("\n"), verbose)
-            returncode = process.wait()
+            _relay_output(process, log, verbose)
         finally:
             # Whatever the worker's end, nothing it started may outlive it: a compiler orphaned by a
-            # killed ninja could write into the objects of a later build.
+            # killed ninja could write into the objects of a later build. The worker is not reaped
+            # before this, so its pid (the session's id) cannot have been reused.
             _stop_worker(process)
+    returncode = process.returncode if process.returncode is not None else -9
     try:
         with open(result_path, encoding="utf-8") as f:
             result: dict[str, Any] = json.load(f)
@@ -457,6 +455,48 @@ def _run_worker(config: BuildConfig, build_folder: str, driver: str, launcher: S
         how = f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
         result = {"ok": False, "error": f"the build worker ended without a result ({how})"}
     return result
+
+
+def _relay_output(process: subprocess.Popen[bytes], log: TextIO, verbose: bool) -> None:
+    """Copy the worker's output to the log and the logger until the worker has exited.
+
+    Ends when the worker exits, not at end-of-file: a process forked by another thread of the caller
+    while Popen held the pipe's write end open would keep the pipe open for as long as it lives.
+    """
+    if process.stdout is None:
+        raise RuntimeError("the build worker's output is not a pipe")
+    fd = process.stdout.fileno()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending = ""
+    exited = False
+    while True:
+        ready, _, _ = select.select([fd], [], [], 0.2 if exited else 0.5)
+        data = os.read(fd, 65536) if ready else b""
+        pending += decoder.decode(data, final=not data and (exited or bool(ready)))
+        *lines, pending = pending.split("\n")
+        for line in lines:
+            log.write(line + "\n")
+            _log_progress(line, verbose)
+        log.flush()
+        if ready and data:
+            continue
+        if exited or (ready and not data):  # drained after the exit, or end-of-file
+            break
+        exited = _has_exited(process.pid)
+    if pending:
+        log.write(pending + "\n")
+        _log_progress(pending, verbose)
+    _wait_unreaped(process.pid)
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether ``pid`` (our child) has exited, leaving it unreaped."""
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    return info is not None
+
+
+def _wait_unreaped(pid: int) -> None:
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
 
 
 def _new_log(path: str) -> TextIO:
@@ -477,13 +517,15 @@ def _log_progress(line: str, verbose: bool) -> None:
         logger.debug("%s", line)
 
 
-def _stop_worker(process: subprocess.Popen[str]) -> None:
-    """Stop the worker and everything it started (the session it leads: ninja, the compilers)."""
+def _stop_worker(process: subprocess.Popen[bytes]) -> None:
+    """Stop the worker and everything it started (the session it leads: ninja, the compilers), then reap it."""
     from ._build_worker import kill_session
 
     kill_session(process.pid)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=10)
+    if process.stdout is not None:
+        process.stdout.close()
 
 
 def _build_error(name: str, result: dict[str, Any], log_path: str) -> BuildError:
