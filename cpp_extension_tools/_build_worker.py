@@ -301,6 +301,57 @@ def with_unique_object_names(sources: list[str], build_directory: str) -> list[s
     return result
 
 
+def _depfile_deps(build_directory: str) -> dict[str, list[str]]:
+    """Every object's dependencies from the compilers' depfiles (``<object>.d``), kept in CPU builds.
+
+    Read here rather than through ``ninja -t deps``: ninja's depfile lexer splits paths at quote
+    characters, so a header under a folder named ``it's`` was recorded as two paths that do not
+    exist, and its edits went unseen.
+    """
+    deps: dict[str, list[str]] = {}
+    for name in os.listdir(build_directory):
+        if not name.endswith(".o.d"):
+            continue
+        try:
+            with open(os.path.join(build_directory, name), encoding="utf-8", errors="surrogateescape") as f:
+                words = parse_depfile(f.read())
+        except OSError:
+            continue
+        deps[os.path.join(build_directory, name[:-2])] = [
+            os.path.normpath(os.path.join(build_directory, w)) for w in words]
+    return deps
+
+
+def parse_depfile(text: str) -> list[str]:
+    """The prerequisites in a make-style depfile as gcc writes it (``\\ `` a space, ``\\#`` a hash, ``$$`` a dollar)."""
+    text = text.replace("\\\n", " ").replace("\\\r\n", " ")
+    _, _, prerequisites = text.partition(": ")
+    words: list[str] = []
+    current: list[str] = []
+    index = 0
+    while index < len(prerequisites):
+        char = prerequisites[index]
+        following = prerequisites[index + 1:index + 2]
+        if char == "\\" and following in (" ", "#", "\\"):
+            current.append(following)
+            index += 2
+            continue
+        if char == "$" and following == "$":
+            current.append("$")
+            index += 2
+            continue
+        if char in " \t\n":
+            if current:
+                words.append("".join(current))
+                current = []
+        else:
+            current.append(char)
+        index += 1
+    if current:
+        words.append("".join(current))
+    return [w for w in words if not w.endswith(":")]
+
+
 def _ninja_deps(build_directory: str) -> dict[str, list[str]]:
     """Every object's dependencies as recorded by ninja (depfiles are deleted after reading)."""
     try:
@@ -407,7 +458,7 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
     if stragglers:
         print(f"cpp_extension_tools: killed {len(stragglers)} process(es) of the build still running after "
               f"ninja ended: {stragglers}", flush=True)
-    result["deps"] = _ninja_deps(spec["build_directory"])
+    result["deps"] = (_depfile_deps if spec.get("ninja_only") else _ninja_deps)(spec["build_directory"])
     result["compiler_versions"] = {role: _version_line(words) for role, words in spec["compilers"].items()}
     return result
 
@@ -427,12 +478,61 @@ def _build_with_torch(spec: dict[str, Any], result: dict[str, Any]) -> None:
         cuda_cflags += _device_arch_flags(cuda_cflags, result["cuda_arch_list"])
     import torch.utils.cpp_extension as cpp_extension
 
+    _escape_torch_ninja_files(cpp_extension)
     cpp_extension.load(
         name=spec["name"], sources=with_unique_object_names(spec["sources"], spec["build_directory"]),
         extra_cflags=spec["cflags"],
         extra_cuda_cflags=cuda_cflags, extra_ldflags=spec["ldflags"],
         extra_include_paths=spec["include_paths"], build_directory=spec["build_directory"],
         verbose=True, with_cuda=spec["with_cuda"], is_python_module=False)
+
+
+def _escape_torch_ninja_files(cpp_extension: Any) -> None:
+    """Make torch's load() write a build.ninja that means what its paths say (see escape_ninja_text)."""
+    write = getattr(cpp_extension, "_write_ninja_file", None)
+    if write is None:
+        return
+
+    def write_escaped(path: str, *args: Any, **kwargs: Any) -> None:
+        write(path, *args, **kwargs)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        escaped = escape_ninja_text(text)
+        if escaped != text:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(escaped)
+
+    cpp_extension._write_ninja_file = write_escaped
+
+
+# Variables torch writes whose values are flags and paths, never references to ninja variables.
+_NINJA_VALUE_LINES = ("cxx = ", "nvcc = ", "sycl = ", "cflags = ", "post_cflags = ", "cuda_cflags = ",
+                      "cuda_post_cflags = ", "cuda_dlink_post_cflags = ", "sycl_cflags = ", "sycl_post_cflags = ",
+                      "sycl_dlink_post_cflags = ", "ldflags = ")
+
+
+def escape_ninja_text(text: str) -> str:
+    """torch's build.ninja with the characters ninja would misread escaped.
+
+    torch escapes only spaces in paths: a "$" in a source path or flag made ninja expand a variable
+    (silently compiling another file), and a ":" in a path ended the list of outputs. Here every
+    "$" that is not torch's own "$ " becomes "$$", and ":" in build statements' paths "$:".
+    """
+    import re  # not for CPU builds' worker: the caller escapes their file
+
+    unescaped_dollar = re.compile(r"\$(?! )")
+    lines = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith(_NINJA_VALUE_LINES):
+            name, value = line.split(" = ", 1)
+            line = f"{name} = {value.replace('$', '$$')}"
+        elif line.startswith("build ") and ": " in line:
+            outputs, rest = line[len("build "):].split(": ", 1)
+            rule, _, inputs = rest.partition(" ")
+            outputs, inputs = (unescaped_dollar.sub("$$", part).replace(":", "$:") for part in (outputs, inputs))
+            line = f"build {outputs}: {rule} {inputs}" if inputs else f"build {outputs}: {rule}"
+        lines.append(line)
+    return "".join(lines)
 
 
 def main() -> int:

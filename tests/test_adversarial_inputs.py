@@ -282,3 +282,35 @@ def test_replaced_compiler_is_a_miss(tmp_path: Path, cache_root: Path, compilers
     compilers.reset()
     assert load_value(sources) == 8
     assert len(compilers.compiles()) == 1
+
+
+# ----------------------------------------------------------------------- paths that ninja and the shell could misread
+
+@pytest.mark.parametrize("odd", ["dollar$HOME", "dollar$x", "co:lon", "hash#sign", "single'quote", 'double"quote',
+                                 "sp ace", "caf\u00e9", "dollar$ space"])
+def test_odd_characters_in_source_and_cache_paths(tmp_path: Path, compilers: CompilerLog, odd: str) -> None:
+    folder = tmp_path / odd
+    write_header(folder / "inc" / "value.h", 21)
+    decoy = tmp_path / "dollar"  # what "$x" would expand to: ninja must never compile this one
+    write_value_module(decoy / "src", includes="#define VALUE -1")
+    sources = write_value_module(folder / "src", includes="#include <value.h>")
+    root = str(folder / "cache")
+    kwargs = {"build_directory": root, "extra_include_paths": [str(folder / "inc")]}
+    assert load_value(sources, **kwargs) == 21
+    write_header(folder / "inc" / "value.h", 22)
+    assert load_value(sources, **kwargs) == 22
+    assert not any(str(decoy) + os.sep in line for line in compilers.compiles())
+
+
+@pytest.mark.parametrize("argument", ["sources", "extra_include_paths"])
+def test_line_break_in_a_path_is_refused_before_anything_is_written(tmp_path: Path, cache_root: Path,
+                                                                    argument: str) -> None:
+    import cpp_extension_tools as c
+
+    odd = tmp_path / "line\nbreak"
+    sources = write_value_module(odd if argument == "sources" else tmp_path / "src", includes="#define VALUE 1")
+    include = [str(odd)] if argument == "extra_include_paths" else []
+    odd.mkdir(exist_ok=True)
+    with pytest.raises(ValueError, match=f"{argument}: .* line break"):
+        c.cached_load_torch_cpp_extension(NAME, sources, extra_include_paths=include)
+    assert not cache_root.exists()

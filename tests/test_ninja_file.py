@@ -38,7 +38,10 @@ def test_ninja_file_is_the_one_torchs_load_writes(tmp_path: Path, compilers: Com
                            extra_include_paths=[{str(include)!r}], build_directory={str(reference)!r},
                            is_python_module=False)
     """, env={"CXX": driver, "TORCH_NO_COMPILER_WRAPPER": "1"})
-    assert ours == (reference / "build.ninja").read_text()
+    # The one intended difference: depfiles are kept and read by the worker (ninja misreads quotes in them).
+    expected = (reference / "build.ninja").read_text().replace("  deps = gcc\n", "")
+    assert "deps = gcc" in (reference / "build.ninja").read_text()
+    assert ours == expected
 
 
 FAKE_TORCH = 'raise ImportError("the build worker imported torch")\n'
