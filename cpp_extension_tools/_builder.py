@@ -229,12 +229,11 @@ _LOCATED_ERROR = re.compile(r"^[^\s:][^:]*:\d+(?::\d+)?: (?:fatal )?error")
 
 
 def _damaged_output(config: BuildConfig, library: str, problem: str, log_path: str) -> _Repairable:
-    error = BuildError(
-        f"Error building extension {config.name!r}: the linked binary {library} is unusable: {problem}. "
-        + (f"A Python module must define PyInit_{config.name} (in C: PyMODINIT_FUNC "
-           f"PyInit_{config.name}(void), or use the TORCH_EXTENSION_NAME macro; with pybind11: "
-           "PYBIND11_MODULE(TORCH_EXTENSION_NAME, m))." if "does not define" in problem else "Nothing was published.")
-        + f"\nFull build log: {log_path}", name=config.name, log_path=log_path)
+    hint = (f"A Python module must define PyInit_{config.name} (in C: PyMODINIT_FUNC PyInit_{config.name}(void), "
+            "or use the TORCH_EXTENSION_NAME macro; with pybind11: PYBIND11_MODULE(TORCH_EXTENSION_NAME, m))."
+            if "does not define" in problem else "Nothing was published.")
+    error = BuildError(f"Error building extension {config.name!r}: the linked binary {library} is unusable: "
+                       f"{problem}. {hint}\nFull build log: {log_path}", name=config.name, log_path=log_path)
     return _Repairable(error, f"the linked binary is unusable ({problem})")
 
 

@@ -333,7 +333,9 @@ def _environment_variables_read() -> set[str]:
     pattern = re.compile(r'os\.environ(?:\.get)?[\[(]"([A-Z0-9_]+)"|_ENV = "([A-Z0-9_]+)"|'
                          r'resolve_compiler\("([A-Z]+)"|\b((?:CACHED_CPP_EXTENSION|CPP_EXTENSION_TOOLS|'
                          r'EXAMPLE_PACKAGE)_[A-Z_]+)')
-    found = set()
+    from cpp_extension_tools._config import COMPILER_VARIABLES, CUDA_COMPILER_VARIABLES
+
+    found = set(COMPILER_VARIABLES + CUDA_COMPILER_VARIABLES)  # read by the compilers, and in the key
     for path in [*(REPO / "cpp_extension_tools").glob("*.py"), *(REPO / "example_package").glob("*.py")]:
         for groups in pattern.findall(path.read_text(encoding="utf-8")):
             found.update(g for g in groups if g)
