@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 import cpp_extension_tools as c
-from cpp_extension_tools import _api, _fsutil, _loader, _root, _trust
+from cpp_extension_tools import _fsutil, _loader, _root, _trust
 from cpp_extension_tools._errors import UnsafeCacheError
 from tests.conftest import REPO, CompilerLog, last_json, run_python, write_module
 
@@ -275,8 +275,6 @@ _VICTIM = """
 @pytest.mark.parametrize("mode", ["loader", "api"])
 def test_swapping_the_root_while_loading_never_runs_foreign_code(world: Path, accounts: Callable[..., Account],
                                                                  compilers: CompilerLog, mode: str) -> None:
-    if mode == "api" and "open_trusted" not in vars(_api):
-        pytest.xfail("needs _api._load to load through open_trusted + import_from_fd (the lead's change)")
     attacker = accounts()
     parent = world / "parent"  # the attacker's folder: they can rename anything in it, sticky bit or not
     parent.mkdir()
@@ -392,6 +390,7 @@ _MEMBER = """
             with module_lock(store.lock_path, store.owner_path, "adv_ext", store.root, timeout=10):
                 class Config:
                     short_key = key
+                    key = short_key * 4  # what the failure record is checked against
                 hint = store._latest_path(Config)
                 artifact = open(hint).read()
                 store._write_latest(Config, artifact)
@@ -438,13 +437,9 @@ def test_team_cache_two_accounts_with_umask_022(world: Path, accounts: Callable[
     assert set(modes.values()) <= {0o664, 0o775}, {k: oct(v) for k, v in modes.items()}
     assert member(second, "load") == {"answer": 42}, "the second member trusts the first one's binary"
     locked = member(second, "lock")
-    if "error" in locked and stat.S_IMODE((module_folder / ".lock").stat().st_mode) & 0o060 != 0o060:
-        pytest.xfail(f"needs _locking to create .lock with _trust.file_mode(): {locked['error']}")
     assert locked == {"failure": True, "hint_owner": second.uid}
     write_module(world / "src", functions={"answer": 43})
-    rebuilt = member(second, "load")
-    if rebuilt != {"answer": 43}:
-        pytest.xfail(f"needs the worker umask (and build.log created group-writable): {rebuilt}")
+    assert member(second, "load") == {"answer": 43}, "the second member rebuilds after an edit"
     assert member(first, "load") == {"answer": 43}
 
 
