@@ -34,8 +34,6 @@ __all__ = ["SearchPath", "folder_listing_digest", "header_kind", "link_inputs", 
 
 _SEARCH_START = re.compile(r'^#include (?:"\.\.\."|<\.\.\.>) search starts here:$')
 _IGNORED = re.compile(r'^ignoring (?:nonexistent|duplicate) directory "(?P<path>.*)"$')
-# Flags whose next word, or the rest of the word, names a search folder or a file the compiler reads.
-_FOLDER_FLAGS = ("-I", "-isystem", "-idirafter", "-iquote", "-isysroot", "--sysroot", "-B", "-L")
 
 
 class SearchPath:

@@ -38,3 +38,13 @@ def test_quick_bench_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     assert all(f"| {name} |" in table for name in SCENARIOS)
     for plot in ("scenarios.png", "scaling.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_warm_path_bench_measures_the_call_and_its_floor() -> None:
+    completed = subprocess.run([sys.executable, "-m", "bench.warm_path", "--repeat", "1", "--json"], cwd=REPO,
+                               capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["repeat"] == 1
+    assert result["warm_call_ms"] > 0 and result["floor_ms"] > 0
+    assert result["ratio"] == pytest.approx(result["warm_call_ms"] / result["floor_ms"])
