@@ -680,6 +680,7 @@ def test_failure_record_of_another_configuration_is_ignored(tmp_path: Path, comp
         assert any("cache miss" in line for line in seen), "".join(seen)
         time.sleep(1.0)  # past its read of the failure record, waiting for the lock
         shutil.copy(failure_b, failure_a)
+        assert process.poll() is None and not artifact_a.exists(), "A waits for the lock, not built yet"
     finally:
         lock.release()
     try:
