@@ -74,17 +74,23 @@ def invalidate_outdated(build_folder: str, state: BuildState, compiler_identity:
         removed = [p for p in _outputs_in(here) if _remove(p)]
         logger.info("%s: recompiling every object in %s (%d files removed)", why, build_folder, len(removed))
         return
+    relink = False
     for path, signature in _dict(state.get("outputs")).items():
         if os.path.dirname(os.path.abspath(path)) == here and not _same_stat(path, signature):
-            _remove(path)
-    if not all(_same_content(path, digest) for path, digest in _dict(state.get("link_inputs")).items()):
-        for library in (p for p in _outputs_in(here) if p.endswith(".so")):
-            _remove(library)  # ninja does not know the libraries named in the flags: link again
+            relink = _remove(path) or relink
+            if path.endswith(".o.d"):  # a changed depfile (cut short by a full disk) no longer says what
+                relink = _remove(path[:-2]) or relink  # its object read: the object is compiled again
+    depfiles = state.get("kept_depfiles") is True  # CPU builds keep them; torch's CUDA builds let ninja eat them
     for obj, deps in _dict(state.get("objects")).items():
         if os.path.dirname(os.path.abspath(obj)) != here or not isinstance(deps, dict):
             continue
-        if not all(_same_content(path, digest) for path, digest in deps.items()):
-            _remove(obj)
+        if (depfiles and not os.path.isfile(obj + ".d")) or not all(_same_content(p, d) for p, d in deps.items()):
+            relink = _remove(obj) or relink
+    if relink or not all(_same_content(p, d) for p, d in _dict(state.get("link_inputs")).items()):
+        # ninja does not know the libraries named in the flags, and a build.ninja damaged to hold no
+        # rules would not relink after an object was removed: the binary is linked again either way.
+        for library in (p for p in _outputs_in(here) if p.endswith(".so")):
+            _remove(library)
 
 
 def _folders_changed(state: BuildState) -> bool:

@@ -152,7 +152,7 @@ def _build_in(config: BuildConfig, build_folder: str, verbose: bool, toolchain: 
     invalidate_outdated(build_folder, state, toolchain.identity())
     link_files, link_folders = link_inputs(config.ldflags)
     recorded = [p for deps in _dict(state.get("objects")).values() if isinstance(deps, dict) for p in deps]
-    snapshot = _snapshot([*config.sources, *link_files, *known, *recorded])
+    snapshot = _snapshot(config, [*config.sources, *link_files, *known, *recorded])
     commands = toolchain.commands()
     driver = write_driver(build_folder, commands["cc"], commands["cxx"], launcher)
     log_path = os.path.join(build_folder, "build.log")
@@ -184,7 +184,8 @@ def _build_in(config: BuildConfig, build_folder: str, verbose: bool, toolchain: 
     folder_records, listings = _stamp_folders(folders, started_ns, before)
     versions = result.get("compiler_versions", {}) if versions is None else versions
     save_state(build_folder, {
-        "objects": object_digests(deps), "outputs": output_signatures([*deps, library]), "folders": listings,
+        "objects": object_digests(deps), "outputs": output_signatures([*deps, *(o + ".d" for o in deps), library]),
+        "folders": listings, "kept_depfiles": ninja_only,
         "link_inputs": {p: h for p, h in snapshot.items() if p in link_files and h is not None},
         "compiler_identity": toolchain.identity(), "compiler_versions": versions,
         "builtin_search": {k: list(v.folders) for k, v in search.items() if k.startswith("builtin:")}})
@@ -198,10 +199,22 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _snapshot(paths: list[str]) -> dict[str, str | None]:
-    """Content digests of the inputs known before the build (None: absent or unreadable)."""
+def _snapshot(config: BuildConfig, paths: list[str]) -> dict[str, str | None]:
+    """Content digests of the inputs known before the build (None: absent or unreadable).
+
+    An input that is now a FIFO, socket or device is a BuildError: a compiler opening it would block.
+    """
     snapshot: dict[str, str | None] = {}
     for path in dict.fromkeys(paths):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            snapshot[path] = None
+            continue
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            raise BuildError(f"Error building extension {config.name!r}: {path}, which the last build read, is "
+                             "not a regular file (a FIFO, socket or device): a compiler reading it would wait "
+                             "forever. Put the file back, or remove the #include.", name=config.name)
         try:
             snapshot[path] = digest_file(path)
         except OSError:

@@ -20,6 +20,7 @@ rebuild then imports nothing of torch.utils.cpp_extension at all.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -44,8 +45,9 @@ def prepare_ninja_file(config: BuildConfig, build_folder: str, sources: list[str
         return False
     inputs = _generator_inputs(config, sources, driver)
     path = os.path.join(build_folder, NINJA_FILE)
-    if _recorded_inputs(build_folder) == inputs and os.path.isfile(path):
-        return True
+    recorded = _recorded_inputs(build_folder)
+    if isinstance(recorded, dict) and recorded.pop("text_sha256", None) == _text_digest(path) and recorded == inputs:
+        return True  # the same generator inputs, and the file is still the one written from them
     text = _generate(config, sources, driver, build_folder)
     if text is None:
         return False
@@ -54,8 +56,19 @@ def prepare_ninja_file(config: BuildConfig, build_folder: str, sources: list[str
     with contextlib.suppress(FileNotFoundError):
         os.unlink(record)
     atomic_write_bytes(path, text.encode())
-    atomic_write_bytes(record, json.dumps(inputs, sort_keys=True).encode())
+    recorded_inputs = {**inputs, "text_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    atomic_write_bytes(record, json.dumps(recorded_inputs, sort_keys=True).encode())
     return True
+
+
+def _text_digest(path: str) -> str | None:
+    """The SHA-256 of build.ninja as it is now (None when it cannot be read): an emptied or edited file
+    is written again instead of being handed to ninja, which would find no work in it."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
 
 
 def _generator_inputs(config: BuildConfig, sources: list[str], driver: str) -> dict[str, Any]:

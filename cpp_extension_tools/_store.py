@@ -27,7 +27,6 @@ sources (switching git branches) finds the earlier binary.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
@@ -105,8 +104,8 @@ class ModuleStore:
         for folder in (self.artifacts_folder, self.build_folder(config)):
             check_trusted(self.root, folder)  # before: never create anything through a symlink
             try:
-                _replace_file_with_folder(self.folder if folder == self.artifacts_folder else folder)
-                _replace_file_with_folder(folder)
+                for level in _levels_below(self.root, folder):
+                    _replace_file_with_folder(level)
                 make_dirs(folder, folder_mode())
             except OSError as e:
                 raise cache_not_writable(e, self.root) from e
@@ -271,14 +270,15 @@ class ModuleStore:
     def write_failure(self, config: BuildConfig, sources_digest: str, error: BuildError) -> None:
         record = {"key": config.key, "attempt": uuid.uuid4().hex, "sources_digest": sources_digest,
                   "error": error.to_dict(), "time": time.time()}
+        if os.path.isdir(self._failure_path(config)) and not os.path.islink(self._failure_path(config)):
+            remove_tree(self._failure_path(config))  # damage: a record could never replace it
         try:
             atomic_write_bytes(self._failure_path(config), json.dumps(record).encode())
         except OSError as e:
             logger.warning("could not record the failed build in %s: %s", self._failure_path(config), e)
 
     def clear_failure(self, config: BuildConfig) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._failure_path(config))
+        remove_tree(self._failure_path(config))  # a folder there (damage) goes too
 
 
 def _install_folder(staging: str, final: str) -> None:
@@ -301,6 +301,16 @@ def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {type(value).__name__}")
     return value
+
+
+def _levels_below(root: str, folder: str) -> list[str]:
+    """The folders from the first one below ``root`` down to ``folder``, top first."""
+    levels = []
+    current = folder
+    while current != root and current.startswith(root + os.sep):
+        levels.append(current)
+        current = os.path.dirname(current)
+    return levels[::-1]
 
 
 def _replace_file_with_folder(path: str) -> None:

@@ -165,10 +165,6 @@ def test_garbled_build_ninja_then_a_source_edit(built: tuple[list[str], Path], c
     assert call(sources, root).value == 43 and compilers.calls() == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: _ninja_file.prepare_ninja_file reuses build.ninja when its record file matches, without checking "
-    "the file's content; ninja then does nothing, invalidate_outdated removed only the edited object (the "
-    "linked .so keeps its stat), and the old binary passes elf_problem and is published for the new sources"))
 def test_emptied_build_ninja_then_a_source_edit_never_publishes_the_old_binary(
         built: tuple[list[str], Path], compilers: CompilerLog) -> None:
     """An empty build.ninja is valid to ninja ("no work to do"): the old linked binary must not pass as new."""
@@ -182,14 +178,8 @@ def test_emptied_build_ninja_then_a_source_edit_never_publishes_the_old_binary(
     assert call(sources, root).value == 43
 
 
-_DEPFILE_BUG = pytest.mark.xfail(strict=True, reason=(
-    "bug: _build_worker._depfile_deps trusts an untouched object's <object>.d as it is now, and "
-    "_build_state.invalidate_outdated checks neither the depfiles' stat nor the recorded deps against them: "
-    "a depfile cut short drops the header from the manifest's inputs, and its later edit loads the old binary"))
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("damage", [pytest.param("cut_short", marks=_DEPFILE_BUG), "garbage"])
+@pytest.mark.parametrize("damage", ["cut_short", "garbage"])
 def test_damaged_depfile_keeps_every_header_recorded(tmp_path: Path, compilers: CompilerLog, damage: str) -> None:
     """An object's depfile (<object>.d) cut short (a full disk) or garbled, then another source edited.
 
@@ -268,10 +258,7 @@ def test_damaged_linked_binary_in_the_build_folder_is_never_published(
 
 @pytest.mark.parametrize("which", [
     "build_folder",
-    pytest.param("builds", marks=pytest.mark.xfail(strict=True, reason=(
-        "bug: _store.ensure_folders replaces a plain file only at the module folder and at builds/<key16>; "
-        "with builds/ a file, lstat(builds/<key16>) raises ENOTDIR in _replace_file_with_folder, reported as "
-        "CacheNotWritableError (set CACHED_CPP_EXTENSION_BUILD_DIR) on every call"))),
+    "builds",
     "artifacts", "module_folder"])
 def test_a_plain_file_where_a_cache_folder_belongs(built: tuple[list[str], Path], compilers: CompilerLog,
                                                    which: str) -> None:
@@ -292,10 +279,7 @@ def test_a_plain_file_where_a_cache_folder_belongs(built: tuple[list[str], Path]
 @pytest.mark.slow
 @pytest.mark.parametrize("which", [
     "latest",
-    pytest.param("failure", marks=pytest.mark.xfail(strict=True, reason=(
-        "bug: _store.ModuleStore.clear_failure suppresses only FileNotFoundError: a folder at "
-        "failure-<key16>.json makes os.unlink raise IsADirectoryError after a successful build and "
-        "publication, so the call fails")))])
+    "failure"])
 def test_a_folder_where_a_hint_or_failure_record_belongs(built: tuple[list[str], Path], compilers: CompilerLog,
                                                          which: str) -> None:
     sources, root = built
@@ -548,10 +532,6 @@ def test_fifo_in_the_cache_does_not_block_the_warm_path(built: tuple[list[str], 
 
 
 @pytest.mark.slow  # 60 s while it hangs
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a header recorded in the manifest replaced by a FIFO is a miss (file_matches), and the build runs: "
-    "_builder._build_in never checks that the recorded inputs (state 'objects' deps) are regular files, so "
-    "the compiler blocks opening the FIFO; nothing bounds the build's time"))
 def test_fifo_where_a_recorded_header_was_does_not_hang(tmp_path: Path, compilers: CompilerLog) -> None:
     root = tmp_path / "cache"
     sources = write_module(tmp_path / "src", header="#define HEADER_VALUE 42\n")
