@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -296,25 +295,6 @@ def test_a_folder_where_a_hint_or_failure_record_belongs(built: tuple[list[str],
 
 
 # --------------------------------------------------------------------------- §2 a full disk, then freed
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Any]:
-    """mount(options) -> a fresh tmpfs folder; skipped where this process may not mount."""
-    mounted: list[Path] = []
-
-    def mount(options: str) -> Path:
-        point = tmp_path / f"tmpfs{len(mounted)}"
-        point.mkdir()
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
-        if result.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
-        mounted.append(point)
-        return point
-
-    yield mount
-    for point in mounted:
-        subprocess.run(["umount", "-l", str(point)], check=False)
-
 
 def _fill(disk: Path, leave: int) -> Path:
     """Fill ``disk`` up to ``leave`` free bytes with one file."""

@@ -16,7 +16,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -208,25 +207,6 @@ def test_manifest_reader_fuzz_one_field(field: str, value: Any, drop: bool) -> N
 
 
 # --------------------------------------------------------------------------- resources
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Any]:
-    """mount(options) -> a fresh tmpfs folder; skipped where this process may not mount."""
-    mounted: list[Path] = []
-
-    def mount(options: str) -> Path:
-        point = tmp_path / f"tmpfs{len(mounted)}"
-        point.mkdir()
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
-        if result.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
-        mounted.append(point)
-        return point
-
-    yield mount
-    for point in mounted:
-        subprocess.run(["umount", "-l", str(point)], check=False)
-
 
 def test_read_only_cache_root_names_the_path_and_the_fix(tmp_path: Path, compilers: CompilerLog,
                                                          tmpfs: Any) -> None:
