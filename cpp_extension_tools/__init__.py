@@ -4,8 +4,6 @@ The public surface is deliberately small; everything else lives in private
 modules that may change.
 """
 
-import logging as _logging
-
 from ._api import cached_load_torch_cpp_extension
 from ._errors import BuildError, CacheNotWritableError, LockTimeoutError, UnsafeCacheError
 from ._flags import get_default_cpp_cflags, get_default_cuda_cflags, get_portable_cpp_cflags, get_portable_cuda_cflags
@@ -28,4 +26,7 @@ __all__ = [
     "get_portable_cuda_cflags",
 ]
 
-_logging.getLogger("cpp_extension_tools").addHandler(_logging.NullHandler())
+# No NullHandler on the "cpp_extension_tools" logger: without one, an application that configured no
+# logging gets WARNING and above on stderr through logging's last-resort handler (a damaged artifact
+# rebuilt, an invalid setting, why a prebuilt binary was not used), and one that did gets them through
+# its own handlers only.

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from . import _probe, _settings
+from . import _probe, _progress, _settings
 from ._build_state import BuildState, invalidate_outdated, object_digests, output_signatures, read_state, save_state
 from ._config import COMPILER_VARIABLES, BuildConfig
 from ._driver import write_driver
@@ -448,12 +448,14 @@ def _run_worker(config: BuildConfig, build_folder: str, driver: str, launcher: S
     command = [sys.executable, *(["-S"] if ninja_only else []), _WORKER, spec_path, result_path, str(os.getpid())]
     # A team cache: every member must be able to overwrite what the build writes (objects, the log).
     umask = 0o007 if _settings.SHARED_CACHE.get() else -1
+    progress = (_progress.BuildProgress(config.name, len(config.sources), log_path)
+                if _progress.enabled(verbose) else None)
     with _new_log(log_path) as log:
         process = subprocess.Popen(command, cwd=build_folder, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, umask=umask)
         try:
-            _relay_output(process, log, verbose)
+            _relay_output(process, log, verbose, progress)
         finally:
             # Whatever the worker's end, nothing it started may outlive it: a compiler orphaned by a
             # killed ninja could write into the objects of a later build. The worker is not reaped
@@ -466,11 +468,14 @@ def _run_worker(config: BuildConfig, build_folder: str, driver: str, launcher: S
     except (OSError, ValueError):
         how = f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
         result = {"ok": False, "error": f"the build worker ended without a result ({how})"}
+    if progress is not None:
+        progress.end(bool(result.get("ok")))
     return result
 
 
-def _relay_output(process: subprocess.Popen[bytes], log: TextIO, verbose: bool) -> None:
-    """Copy the worker's output to the log and the logger until the worker has exited.
+def _relay_output(process: subprocess.Popen[bytes], log: TextIO, verbose: bool,
+                  progress: _progress.BuildProgress | None = None) -> None:
+    """Copy the worker's output to the log, the logger and ``progress`` until the worker has exited.
 
     Ends when the worker exits, not at end-of-file: a process forked by another thread of the caller
     while Popen held the pipe's write end open would keep the pipe open for as long as it lives.
@@ -489,7 +494,11 @@ def _relay_output(process: subprocess.Popen[bytes], log: TextIO, verbose: bool) 
         for line in lines:
             log.write(line + "\n")
             _log_progress(line, verbose)
+            if progress is not None:
+                progress.feed(line)
         log.flush()
+        if progress is not None:
+            progress.tick()
         if ready and data:
             continue
         if exited or (ready and not data):  # drained after the exit, or end-of-file
@@ -541,15 +550,18 @@ def _stop_worker(process: subprocess.Popen[bytes]) -> None:
 
 
 def _build_error(name: str, result: dict[str, Any], log_path: str) -> BuildError:
+    """The error for a failed build: what failed first, then the lines of the log that say why and where."""
     try:
         with open(log_path, encoding="utf-8", errors="replace") as f:
-            log_lines = f.read().splitlines()
+            log_lines = _without_tracebacks(f.read().splitlines())
     except OSError:
         log_lines = []
-    errors = [line for line in log_lines if _ERROR_LINE.search(line)][:_MAX_ERROR_LINES]
-    failed = [line for line in log_lines if line.startswith("FAILED: ")]
-    reason = str(result.get("error", "unknown error")).strip().splitlines()
-    headline = reason[0] if reason else "unknown error"
+    failed = _failed_edge(log_lines)
+    errors = [line for line in log_lines if _is_error_line(line)][:_MAX_ERROR_LINES]
+    reason = _own_prefix_removed(name, str(result.get("error", "unknown error")).strip()).splitlines()
+    headline = reason[0] if reason and reason[0] else "the build failed"
+    if failed is not None:
+        headline = f"{_describe_step(*failed)} failed ({headline})"
     if "Ninja is required" in headline:
         headline += " (install it with 'pip install ninja')"
     full = [line for line in log_lines if any(text in line for text in _DISK_FULL_MESSAGES)]
@@ -561,5 +573,60 @@ def _build_error(name: str, result: dict[str, Any], log_path: str) -> BuildError
     if body:
         message += "\n" + body
     message += f"\nFull build log: {log_path}"
-    return BuildError(message, name=name, command=failed[0][len("FAILED: "):] if failed else "",
+    return BuildError(message, name=name, command=failed[1] if failed is not None else "",
                       log_path=log_path, compiler_output="\n".join(errors))
+
+
+# ld's and gcc's lines that say what failed and where (besides _ERROR_LINE's): "b.o: in function `f':".
+_LINKER_CONTEXT = re.compile(r"^\S*\bld(?:\.\w+)?: .*\bin function |multiple definition of|"
+                             r"^\S*\bld(?:\.\w+)?: ")
+_NOT_DIAGNOSTIC = re.compile(r"^\[\d+/\d+\] |^FAILED: |^ninja: |^[\w.]+(?:Error|Exception|Exit)\b.*: ")
+_LINKER_WARNING = re.compile(r"^\S*\bld(?:\.\w+)?: warning: ")
+_FAILED = re.compile(r"^FAILED: (?:\[code=\d+\] )?(?P<targets>.*?)\s*$")
+
+
+def _is_error_line(line: str) -> bool:
+    if _NOT_DIAGNOSTIC.search(line) or _LINKER_WARNING.search(line):
+        return False
+    return bool(_ERROR_LINE.search(line) or _LINKER_CONTEXT.search(line))
+
+
+def _without_tracebacks(lines: list[str]) -> list[str]:
+    """The log without Python tracebacks (the worker's own, torch's): they say where our code noticed the
+    failure, not why it failed."""
+    kept: list[str] = []
+    inside = False
+    for line in lines:
+        if line.startswith("Traceback (most recent call last):"):
+            inside = True
+        elif inside and not line.startswith((" ", "\t")):
+            inside = False  # the exception's own line ends the traceback; it is dropped too
+        elif not inside and not line.startswith(("The above exception was", "During handling of the above")):
+            kept.append(line)
+    return kept
+
+
+def _failed_edge(lines: list[str]) -> tuple[str, str] | None:
+    """(targets, command) of the first step ninja reported as FAILED; ninja prints the command on the next line."""
+    for index, line in enumerate(lines):
+        match = _FAILED.match(line)
+        if match:
+            command = lines[index + 1].strip() if index + 1 < len(lines) else ""
+            return match["targets"], command
+    return None
+
+
+def _describe_step(targets: str, command: str) -> str:
+    words = command.split()
+    if "-c" in words[:-1]:
+        return f"compiling {words[words.index('-c') + 1]}"
+    return f"linking {targets}" if targets.endswith(".so") else f"building {targets}"
+
+
+def _own_prefix_removed(name: str, reason: str) -> str:
+    """The worker's error without its "Error building extension 'x'" prefix (the message starts with its own)."""
+    for prefix in (f"Error building extension {name!r}", f'Error building extension "{name}"'):
+        if reason.startswith(prefix):
+            rest = reason[len(prefix):].lstrip(": ")
+            return rest[1:-1] if rest.startswith("(") and rest.endswith(")") else rest
+    return reason

@@ -30,6 +30,8 @@ from ._fsutil import atomic_write_bytes, remove_tree, temporary_name
 if TYPE_CHECKING:
     import filelock
 
+    from . import _progress
+
 __all__ = ["LOCK_TIMEOUT_ENV", "call_deadline", "module_lock"]
 
 logger = logging.getLogger("cpp_extension_tools")
@@ -150,18 +152,38 @@ _NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOS
 
 
 def _acquire(lock: filelock.BaseFileLock, lock_path: str, owner_path: str, what: str, wait: _Wait) -> None:
+    from . import _progress
+
+    display = (_progress.LockWaitProgress(what, lambda: _describe_owner(owner_path))
+               if _progress.enabled(verbose=False) else None)
+    try:
+        _acquire_logging(lock, lock_path, owner_path, what, wait, display)
+    finally:
+        if display is not None:
+            display.end()
+
+
+def _acquire_logging(lock: filelock.BaseFileLock, lock_path: str, owner_path: str, what: str, wait: _Wait,
+                     display: _progress.LockWaitProgress | None) -> None:
     import filelock
 
     interval = _settings.LOCK_LOG_INTERVAL.get()
-    next_warning = WARN_AFTER
+    next_log, next_warning = interval, WARN_AFTER
     while True:
+        until_log = next_log - wait.waited()
+        until_display = display.next_tick_in() if display is not None else math.inf
         try:
-            lock.acquire(timeout=max(0.0, min(interval, wait.remaining())), poll_interval=0.05)
+            lock.acquire(timeout=max(0.0, min(until_log, until_display, wait.remaining())), poll_interval=0.05)
             return
         except filelock.Timeout:
             waited = wait.waited()
             if wait.remaining() <= 0:
                 raise LockTimeoutError(_timeout_message(what, lock_path, owner_path, wait)) from None
+            if display is not None:
+                display.tick()
+            if waited < next_log:
+                continue
+            next_log = waited + interval
             # INFO every interval; once a minute also a WARNING, which stderr shows without any logging
             # set-up: a long wait must never look like a silent hang.
             level = logging.INFO

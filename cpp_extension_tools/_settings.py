@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 __all__ = [
     "BUILD_DIR", "COMPILER_LAUNCHER", "CPU_FINGERPRINT", "DISABLE_JIT", "LOCK_LOG_INTERVAL", "LOCK_TIMEOUT",
-    "MAX_SIZE", "PYTHON_IDENTITY", "SETTINGS", "SHARED_CACHE", "SKIP_PREBUILT", "TORCH_IDENTITY", "Setting",
+    "MAX_SIZE", "PROGRESS", "PYTHON_IDENTITY", "SETTINGS", "SHARED_CACHE", "SKIP_PREBUILT", "TORCH_IDENTITY", "Setting",
     "SettingError", "check",
 ]
 
@@ -109,6 +109,16 @@ def parse_size(text: str) -> int:
     return parse(text)
 
 
+def parse_auto_flag(text: str) -> bool | None:
+    """"auto" (None), or a flag as :func:`parse_flag` reads it."""
+    if text.lower() == "auto":
+        return None
+    try:
+        return parse_flag(text)
+    except ValueError:
+        raise ValueError("expected auto, 1 or 0") from None
+
+
 def parse_text(text: str) -> str:
     return text
 
@@ -165,6 +175,13 @@ PYTHON_IDENTITY: Setting[str] = Setting(
     "CACHED_CPP_EXTENSION_PYTHON_IDENTITY", "", parse_text,
     "Added to the key, so a process poses as another Python (tests use it); prebuilt binaries are not used "
     "while it is set.")
+PROGRESS: Setting[bool | None] = Setting(
+    "CACHED_CPP_EXTENSION_PROGRESS", None, parse_auto_flag,
+    "Progress on stderr for a build (or a wait for another process's build) that takes more than 2 s: a line "
+    "naming the module and its build log, then, on a terminal, a live `[compiled/total]` count and the time, "
+    "and a last line with the duration (elsewhere: the first line and the last, no carriage returns). "
+    "`auto`: shown unless `verbose=True` (which logs ninja's own lines); `1`: shown even then; `0`: never.",
+    default_text="`auto`")
 
 SKIP_PREBUILT: Setting[bool] = Setting(
     "CPP_EXTENSION_TOOLS_SKIP_PREBUILT", False, parse_flag,
@@ -172,7 +189,7 @@ SKIP_PREBUILT: Setting[bool] = Setting(
 
 SETTINGS: tuple[Setting[Any], ...] = (  # the order of the docs table
     BUILD_DIR, LOCK_TIMEOUT, LOCK_LOG_INTERVAL, MAX_SIZE, SHARED_CACHE, COMPILER_LAUNCHER,
-    DISABLE_JIT, CPU_FINGERPRINT, TORCH_IDENTITY, PYTHON_IDENTITY, SKIP_PREBUILT,
+    DISABLE_JIT, PROGRESS, CPU_FINGERPRINT, TORCH_IDENTITY, PYTHON_IDENTITY, SKIP_PREBUILT,
 )
 
 
