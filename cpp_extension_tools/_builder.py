@@ -560,8 +560,8 @@ def _build_error(name: str, result: dict[str, Any], log_path: str) -> BuildError
     errors = [line for line in log_lines if _is_error_line(line)][:_MAX_ERROR_LINES]
     reason = _own_prefix_removed(name, str(result.get("error", "unknown error")).strip()).splitlines()
     headline = reason[0] if reason and reason[0] else "the build failed"
-    if failed is not None:
-        headline = f"{_describe_step(*failed)} failed ({headline})"
+    if failed is not None:  # torch's own error says no more than "Error building extension 'x'"
+        headline = _failed_step(*failed, headline if reason and reason[0] else "ninja failed")
     if "Ninja is required" in headline:
         headline += " (install it with 'pip install ninja')"
     full = [line for line in log_lines if any(text in line for text in _DISK_FULL_MESSAGES)]
@@ -578,8 +578,7 @@ def _build_error(name: str, result: dict[str, Any], log_path: str) -> BuildError
 
 
 # ld's and gcc's lines that say what failed and where (besides _ERROR_LINE's): "b.o: in function `f':".
-_LINKER_CONTEXT = re.compile(r"^\S*\bld(?:\.\w+)?: .*\bin function |multiple definition of|"
-                             r"^\S*\bld(?:\.\w+)?: ")
+_LINKER_CONTEXT = re.compile(r"^\S*\bld(?:\.\w+)?: |multiple definition of")
 _NOT_DIAGNOSTIC = re.compile(r"^\[\d+/\d+\] |^FAILED: |^ninja: |^[\w.]+(?:Error|Exception|Exit)\b.*: ")
 _LINKER_WARNING = re.compile(r"^\S*\bld(?:\.\w+)?: warning: ")
 _FAILED = re.compile(r"^FAILED: (?:\[code=\d+\] )?(?P<targets>.*?)\s*$")
@@ -616,11 +615,13 @@ def _failed_edge(lines: list[str]) -> tuple[str, str] | None:
     return None
 
 
-def _describe_step(targets: str, command: str) -> str:
+def _failed_step(targets: str, command: str, reason: str) -> str:
     words = command.split()
     if "-c" in words[:-1]:
-        return f"compiling {words[words.index('-c') + 1]}"
-    return f"linking {targets}" if targets.endswith(".so") else f"building {targets}"
+        return f"compiling {words[words.index('-c') + 1]} failed ({reason})"
+    if targets.endswith(".so"):
+        return f"linking {targets} failed ({reason})"
+    return f"building {targets} failed ({reason})"
 
 
 def _own_prefix_removed(name: str, reason: str) -> str:

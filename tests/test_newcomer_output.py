@@ -251,3 +251,9 @@ def test_a_compile_error_shows_the_compiler_line_first(tmp_path: Path) -> None:
     assert lines[0] == f"Error building extension 'compile_ext': compiling {broken} failed (ninja exit status 1)"
     assert lines[1].startswith(f"{broken}:2:") and "error:" in lines[1] and "undeclared_symbol" in lines[1]
     assert f"-c {broken}" in report["command"]
+
+
+def test_a_binary_without_its_init_function_says_which_one_is_missing(tmp_path: Path) -> None:
+    report = _failure(tmp_path, "no_init_ext", {"other.c": _INIT})  # defines PyInit_two_inits only
+    first = report["message"].splitlines()[0]
+    assert "it does not define PyInit_no_init_ext" in first and "PYBIND11_MODULE" in first, first
