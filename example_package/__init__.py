@@ -28,6 +28,7 @@ _CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 if not os.path.isdir(_CSRC):  # a source checkout (pip install -e .): csrc/ sits beside the package
     _CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
 
+load_started_at = time.time()  # wall clock, compared by the demo with the artifact's build time
 _started = time.perf_counter()
 NO_CUDA_REASON = cuda_unavailable_reason()  # None when the CUDA kernel is built
 _sources = get_cpp_sources_list_from_folder(_CSRC)
