@@ -142,8 +142,8 @@ class LockWaitProgress(_Display):
 
     def headline(self) -> str:
         # The text of _locking's waiting message, so the docs' quote of it covers both.
-        return "waiting for the build lock of %s, held by %s (%.0f s so far)" % (  # noqa: UP031
-            self.what, self.describe_owner(), self.elapsed())
+        owner = self.describe_owner()
+        return f"waiting for the build lock of {self.what}, held by {owner} ({self.elapsed():.0f} s so far)"
 
     def status(self) -> str:
         return f"  waiting, {self.elapsed():.0f} s so far"
