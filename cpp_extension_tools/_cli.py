@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _settings
-from ._units import format_size, parse_age, parse_size
+from ._units import format_duration, format_size, parse_age, parse_size
+from ._version import __version__
 
 __all__ = ["main"]
 
@@ -74,9 +75,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-# What None means, by key, in the text output (the JSON keeps null).
+# What None means, by key, in the text output (the JSON keeps null); rows of _OMITTED_WHEN_NONE keys are left
+# out instead (where a CUDA arch list comes from, when there is none; why CUDA is unavailable, when it is).
 _NONE_TEXT = {"path": "not found", "version": "unknown", "march_native": "unknown",
-              "model_name": "unknown", "cuda": "none (CPU-only build)"}
+              "model_name": "unknown", "cuda": "none (CPU-only build)", "arch_list": "none"}
+_OMITTED_WHEN_NONE = frozenset({"arch_list_source", "unavailable_reason"})
 
 
 def _format_sections(info: dict[str, Any]) -> str:
@@ -84,7 +87,7 @@ def _format_sections(info: dict[str, Any]) -> str:
     width = max(len(key) for rows in sections.values() for key, _ in rows)
     blocks = []
     for name, rows in sections.items():
-        blocks.append(name + "\n" + (format_table(rows, width=width, indent="  ") if rows else "  (none)\n"))
+        blocks.append(name + "\n" + (format_table(rows, width=width, indent="  ") if rows else "  (none set)\n"))
     return "\n".join(blocks)
 
 
@@ -93,19 +96,38 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, st
     for key, value in values.items():
         if isinstance(value, dict):
             yield from _flatten(value, f"{prefix}{key} ")
+        elif value is None and key in _OMITTED_WHEN_NONE:
+            continue
         else:
             # "size_bytes" reads "size": the value says its unit.
             yield prefix + key.removesuffix("_bytes"), _human_value(key, value)
 
 
 def _human_value(key: str, value: Any) -> str:
-    if value is None:
+    """``value`` in words; never empty (an empty value reads as its None text)."""
+    if value is None or value == "" or value == [] or value == {}:
         return _NONE_TEXT.get(key, "none")
     if isinstance(value, bool):
         return "yes" if value else "no"
     if key.endswith("_bytes") and isinstance(value, int):
         return f"{format_size(value)} ({value} bytes)"
+    if key == "target" and isinstance(value, str):
+        return _cuda_target_text(value)
     return str(value)
+
+
+def _cuda_target_text(target: str) -> str:
+    """_probe.cuda_target()'s "arch_list:8.0 9.0" or "gpus:<names>[;visible=<devices>]" in words."""
+    kind, _, rest = target.partition(":")
+    if kind == "arch_list":
+        return f"{rest or 'none'} (TORCH_CUDA_ARCH_LIST)"
+    if kind != "gpus":
+        return target
+    names, _, visible = rest.partition(";visible=")
+    text = ", ".join(names.split(",")) if names else "no NVIDIA GPU found"
+    if ";visible=" in rest:
+        text += f" (CUDA_VISIBLE_DEVICES={visible or 'empty'})"
+    return text
 
 
 # -- list --------------------------------------------------------------------
@@ -114,10 +136,10 @@ def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from ._inventory import list_modules
+    from ._inventory import visible_modules
 
     root = _cache_root()
-    modules = list_modules(root, args.name)
+    modules = visible_modules(root, args.name)  # not those clear left with nothing but their lock files
     if args.name is not None and not modules:
         raise CommandError(f"no module {args.name!r} in the cache at {root}")
     if args.json:
@@ -125,6 +147,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
                      "modules": [m.to_json() for m in modules]})
         return 0
     print(f"cache root {root}: {format_size(sum(m.size for m in modules))} in {len(modules)} module(s)")
+    busy = [m.name for m in modules if m.being_built]
+    if busy:
+        print(f"being built (their lock is held): {', '.join(busy)}")
     artifacts = [a for m in modules for a in m.artifacts]
     if artifacts:
         print()
@@ -154,11 +179,13 @@ def _build_row(build: Any) -> tuple[str, ...]:
 
 def _artifact_row(artifact: Any) -> tuple[str, ...]:
     built_for = artifact.built_for
+    built = _when(artifact.built_at)
     if artifact.damaged:
-        return (artifact.module, artifact.artifact_id, format_size(artifact.size), _when(artifact.built_at),
+        return (artifact.module, artifact.artifact_id, format_size(artifact.size), built,
                 "-", "damaged: deleted by the next build or prune", "", "", "")
-    return (artifact.module, artifact.artifact_id, format_size(artifact.size), _when(artifact.built_at),
-            _when(artifact.last_used), str(built_for.get("torch") or "-"), str(built_for.get("python") or "-"),
+    return (artifact.module, artifact.artifact_id, format_size(artifact.size),
+            f"{built} (in {format_duration(artifact.build_seconds)})", _when(artifact.last_used),
+            str(built_for.get("torch") or "-"), str(built_for.get("python") or "-"),
             str(built_for.get("cpu") or "-"), str(built_for.get("cuda_archs") or "-"))
 
 
@@ -270,7 +297,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         for target in args.targets:
-            _import_target(target)
+            _import_target(target, root)
     finally:
         logger.removeHandler(handler)
     seconds = time.perf_counter() - started
@@ -282,12 +309,24 @@ def _cmd_build(args: argparse.Namespace) -> int:
         return 0
     for artifact in built:
         print(f"built {artifact.module} ({artifact.artifact_id}, {format_size(artifact.size)}) "
-              f"in {artifact.build_seconds:.1f} s")
-    print(f"{len(built)} module(s) built, the others were cached; {seconds:.1f} s in all; cache root {root}")
+              f"in {format_duration(artifact.build_seconds)}")
+    print(f"{len(built)} module(s) built, the others were cached; {format_duration(seconds)} in all")
+    print(f"cache root {root}")
     return 0
 
 
-def _import_target(target: str) -> None:
+def _import_target(target: str, root: str) -> None:
+    from ._errors import BuildError
+
+    try:
+        _run_target(target)
+    except CommandError as error:
+        if isinstance(error.__cause__, BuildError):  # e.g. "is not cached and building it is disabled"
+            raise CommandError(f"{error} (looked in the cache root {root})", error.status) from error.__cause__
+        raise
+
+
+def _run_target(target: str) -> None:
     import importlib
     import os
     import runpy
@@ -349,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Inspect and manage the cache of PyTorch C/C++/CUDA extensions.")
     parser.add_argument("--json", action="store_true", help="print one JSON document, for scripts")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print this library's version and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         sub = subparsers.add_parser(command.name, help=command.help, description=command.description)

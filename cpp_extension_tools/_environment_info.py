@@ -17,7 +17,7 @@ from typing import Any
 
 from . import _probe, _settings
 from ._fsutil import tree_size
-from ._inventory import module_names
+from ._inventory import visible_modules
 from ._root import resolve_root
 from ._version import __version__
 
@@ -147,7 +147,7 @@ def cache_info(root: str) -> dict[str, Any]:
     """The cache root, whether it exists, its size (bytes of everything but folders) and module count."""
     exists = os.path.isdir(root)
     return {"root": root, "exists": exists, "size_bytes": tree_size(root) if exists else 0,
-            "modules": len(module_names(root))}  # the modules `list` shows
+            "modules": len(visible_modules(root)) if exists else 0}  # the modules `list` shows
 
 
 def run_output(command: list[str]) -> str | None:

@@ -6,14 +6,21 @@ this library's modules (see _store) are listed; anything else under the root
 is not the cache's and is never counted or touched.
 
 Damage never raises: a manifest of odd types, an artifact that is not a plain
-folder, an ``artifacts/`` or ``builds/`` that is a file or unreadable are
+folder or whose binary is missing or of another size than its manifest says
+(truncated), an ``artifacts/`` or ``builds/`` that is a file or unreadable are
 listed as damaged entries (pruning deletes them). Nothing is opened that is
 not a regular file, so a FIFO planted in the cache cannot block a listing.
+
+Whether a module is being built (:func:`lock_is_held`) is asked of its lock
+file with a non-blocking flock, released at once; the lock file is never
+created here, nor deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import math
 import os
 import stat
@@ -26,9 +33,11 @@ from ._fsutil import TEMP_MARKER, tree_size
 from ._manifest import MANIFEST_NAME, Manifest, read_manifest
 from ._store import last_used
 
-__all__ = ["ArtifactInfo", "BuildFolderInfo", "ModuleInfo", "list_modules", "module_names", "read_regular_file"]
+__all__ = ["ArtifactInfo", "BuildFolderInfo", "ModuleInfo", "list_modules", "lock_is_held", "module_names",
+           "read_regular_file", "visible_modules"]
 
 _MODULE_MARKERS = ("artifacts", "builds", ".lock")
+_LOCK_FILES = frozenset({".lock", ".lock.owner"})
 
 
 @dataclass(frozen=True)
@@ -70,14 +79,20 @@ class BuildFolderInfo:
 
 @dataclass(frozen=True)
 class ModuleInfo:
+    """One module folder. ``being_built``: its lock was held by another process when it was listed
+    (only asked by ``list_modules(..., probe_locks=True)``); ``empty``: it holds nothing but lock files
+    and empty folders (what ``clear`` leaves)."""
+
     name: str
     path: str
     size: int  # everything in the module folder, including hints, failure records and the lock
     artifacts: tuple[ArtifactInfo, ...]
     builds: tuple[BuildFolderInfo, ...]
+    being_built: bool = False
+    empty: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.path, "size_bytes": self.size,
+        return {"name": self.name, "path": self.path, "size_bytes": self.size, "being_built": self.being_built,
                 "artifacts": [_entry_json(a) for a in self.artifacts],
                 "builds": [_entry_json(b) for b in self.builds]}
 
@@ -88,16 +103,79 @@ def _entry_json(entry: ArtifactInfo | BuildFolderInfo) -> dict[str, Any]:
     return data
 
 
-def list_modules(root: str, name: str | None = None) -> list[ModuleInfo]:
-    """The modules under ``root`` (only ``name`` if given), sorted by name; [] for a missing root."""
-    modules = []
-    for module_name in module_names(root):
-        if name is not None and module_name != name:
-            continue
-        folder = os.path.join(root, module_name)
-        modules.append(ModuleInfo(module_name, folder, tree_size(folder), tuple(_artifacts(module_name, folder)),
-                                  tuple(_build_folders(module_name, folder))))
-    return modules
+def list_modules(root: str, name: str | None = None, probe_locks: bool = False) -> list[ModuleInfo]:
+    """The modules under ``root`` (only ``name`` if given), sorted by name; [] for a missing root.
+
+    ``probe_locks``: say which modules are being built (:func:`lock_is_held`; each lock is taken and
+    released at once, so a caller that holds one of them sees it as being built)."""
+    return [_module(root, module_name, probe_locks) for module_name in module_names(root)
+            if name is None or module_name == name]
+
+
+def visible_modules(root: str, name: str | None = None) -> list[ModuleInfo]:
+    """What ``list`` shows: the modules with something in them, or being built (their locks probed)."""
+    return [m for m in list_modules(root, name, probe_locks=True) if m.being_built or not m.empty]
+
+
+def _module(root: str, name: str, probe_locks: bool) -> ModuleInfo:
+    folder = os.path.join(root, name)
+    artifacts = tuple(_artifacts(name, folder))
+    builds = tuple(_build_folders(name, folder))
+    busy = probe_locks and lock_is_held(os.path.join(folder, ".lock"))
+    empty = not artifacts and not builds and _holds_only_locks(folder)
+    return ModuleInfo(name, folder, tree_size(folder), artifacts, builds, being_built=busy, empty=empty)
+
+
+def _holds_only_locks(folder: str) -> bool:
+    """Whether ``folder`` holds nothing but its lock files and empty folders (False when unreadable)."""
+    pending, top = [folder], True
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as scanned:
+                entries = list(scanned)
+        except OSError:
+            return False
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(entry.path)
+            elif not (top and entry.name in _LOCK_FILES):
+                return False
+        top = False
+    return True
+
+
+def lock_is_held(lock_path: str) -> bool:
+    """Whether another open file holds the flock on ``lock_path`` (a build or deletion in progress).
+
+    Never creates, truncates or deletes the lock file, and never blocks: a missing lock, one that is
+    no regular file or one on a file system without flock counts as not held.
+    """
+    try:
+        fd = _open_existing(lock_path)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except OSError as error:
+        return error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    finally:
+        os.close(fd)
+
+
+def _open_existing(path: str) -> int:
+    """A descriptor of ``path`` without creating it or following a link; read-write where allowed
+    (flock emulated by fcntl on NFS needs it), else read-only. O_NONBLOCK: a FIFO never blocks."""
+    flags = os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, os.O_RDWR | flags)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY | flags)
+    except IsADirectoryError:
+        return os.open(path, os.O_RDONLY | flags)
 
 
 def module_names(root: str) -> list[str]:
@@ -165,9 +243,26 @@ def _artifact(module: str, artifact_id: str, path: str) -> ArtifactInfo:
                             damaged=str(error))
     # Not trusted for arithmetic: a manifest may hold NaN, Infinity or years beyond time_t.
     created = _timestamp(manifest.created_at, created)
-    seconds = manifest.build_seconds if math.isfinite(manifest.build_seconds) else 0.0
+    seconds = manifest.build_seconds if math.isfinite(manifest.build_seconds) and manifest.build_seconds >= 0 else 0.0
     return ArtifactInfo(module, artifact_id, path, tree_size(path), created, _timestamp(last_used(path, created),
-                        created), seconds, built_for(manifest))
+                        created), seconds, built_for(manifest), damaged=_binary_problem(path, manifest))
+
+
+def _binary_problem(folder: str, manifest: Manifest) -> str:
+    """Why the artifact's binary is unusable as its manifest describes it ("" when its size matches)."""
+    binary = os.path.join(folder, manifest.library_file)
+    try:
+        info = os.lstat(binary)
+    except FileNotFoundError:
+        return f"its binary {binary} is missing"
+    except OSError as error:
+        return f"its binary {binary} cannot be read ({error.strerror or error})"
+    if not stat.S_ISREG(info.st_mode):
+        return f"its binary {binary} is not a regular file"
+    if info.st_size != manifest.library.size:
+        return (f"its binary {binary} is {info.st_size} bytes, its manifest says {manifest.library.size} "
+                "(truncated or overwritten)")
+    return ""
 
 
 def read_regular_file(path: str, limit: int) -> bytes:

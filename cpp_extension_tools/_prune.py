@@ -29,7 +29,7 @@ from typing import Any
 from . import _settings
 from ._errors import LockTimeoutError, UnsafeCacheError
 from ._fsutil import TEMP_MARKER, remove_tree, temporary_name
-from ._inventory import ArtifactInfo, BuildFolderInfo, ModuleInfo, list_modules, read_regular_file
+from ._inventory import ArtifactInfo, BuildFolderInfo, ModuleInfo, list_modules, lock_is_held, read_regular_file
 from ._locking import module_lock
 from ._store import ModuleStore
 from ._trust import check_trusted
@@ -144,10 +144,10 @@ def clear(root: str, name: str | None = None, lock_timeout: float = 10.0, dry_ru
 
 def _remove_under_lock(root: str, module: str, entries: list[Entry], report: PruneReport,
                        held_module: str | None, lock_timeout: float, remove_records: bool = False) -> None:
-    if report.dry_run:
-        report.removed.extend(entries)
-        return
     store = ModuleStore(root, module)
+    if report.dry_run:
+        _plan(store, entries, report, held_module, lock_timeout)
+        return
     _restore_access(store.folder)  # a module folder of this user that lost its permissions
     if module == held_module:
         _remove(store, entries, report, remove_records)
@@ -162,6 +162,16 @@ def _remove_under_lock(root: str, module: str, entries: list[Entry], report: Pru
     except OSError as error:  # its lock cannot be taken (a damaged or unwritable module folder)
         logger.warning("not pruning %s: %s", module, error)
         report.failed_modules.append(module)
+
+
+def _plan(store: ModuleStore, entries: list[Entry], report: PruneReport, held_module: str | None,
+          lock_timeout: float) -> None:
+    """A dry run: what the real one would delete. A module being built is skipped as the real run skips it
+    (one that does not wait for the lock); one that waits (clear) would delete once the build is done."""
+    if store.name != held_module and lock_timeout <= 0 and lock_is_held(store.lock_path):
+        report.busy_modules.append(store.name)
+        return
+    report.removed.extend(entries)
 
 
 def _remove(store: ModuleStore, entries: list[Entry], report: PruneReport, remove_records: bool) -> None:

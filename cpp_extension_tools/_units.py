@@ -1,4 +1,4 @@
-"""Sizes and ages as people write them: "1.5 GiB", "500M", "30d".
+"""Sizes, ages and durations as people write them: "1.5 GiB", "500M", "30d", "2 min 5 s".
 
 Shared by the command line (``prune --max-size``, ``--older-than``) and the
 environment variables that take a size or an age. Every size multiple is a
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["format_size", "parse_age", "parse_size"]
+__all__ = ["format_duration", "format_size", "parse_age", "parse_size"]
 
 _SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 _SIZE_MULTIPLES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
@@ -34,6 +34,18 @@ def format_size(n_bytes: int) -> str:
         if round(value, 1) < 1024 or unit == _SIZE_UNITS[-1]:
             return f"{value:.1f} {unit}"
     raise AssertionError("unreachable")
+
+
+def format_duration(seconds: float) -> str:
+    """A duration to a tenth of a second below a minute ("0.4 s", "12.3 s"), then "2 min 5 s", "1 h 3 min"."""
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"a duration must be finite and 0 or more: {seconds}")
+    if round(seconds, 1) < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"
 
 
 def parse_size(text: str) -> int:
