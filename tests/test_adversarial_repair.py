@@ -28,7 +28,7 @@ from tests.conftest import CompilerLog, last_json, write_module
 
 NAME = "rep_ext"
 
-# Warnings are log records: the library's logger has a NullHandler, so the process shows them on stderr.
+# Warnings are log records; each process configures logging so that they reach its stderr with their level.
 _CALL = """
 import json, logging, sys
 spec = json.loads(sys.argv[1])
