@@ -161,6 +161,8 @@ def _data_loader(report: LoadReport) -> None:
     workers: dict[int, tuple[float, str]] = {}
     hashed = 0
     for batch in loader:
+        if not workers:
+            print(f"   the first batch arrived after {time.time() - since:.1f} s", flush=True)
         workers[batch["pid"]] = (batch["load_ms"], batch["kind"])
         hashed += len(batch["buckets"])
     compiles = 0 if report.module_folder is None else compiles_since(report.module_folder, since)
