@@ -99,8 +99,8 @@ def _check_listed_then_cleared(root: Path, damaged_text: str, as_nobody: bool = 
     assert any(entry["damaged"] for entry in module["artifacts"] + module["builds"])
     cleared = _cli("clear", root=root, as_nobody=as_nobody)
     assert cleared.returncode == 0, cleared.stdout + cleared.stderr
-    (module,) = _listing(root, as_nobody)["modules"]
-    assert module["artifacts"] == [] and module["builds"] == []
+    assert _listing(root, as_nobody)["modules"] == []  # nothing but its lock file is left: not listed
+    assert (root / NAME / ".lock").is_file()
 
 
 # -- manifests of odd types ------------------------------------------------------------------------------------
@@ -162,6 +162,31 @@ def test_a_manifest_that_is_not_json_is_damaged(cache: Path, content: bytes) -> 
 
 
 # -- entries of the wrong kind ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "symlink", "longer"])
+def test_a_binary_that_is_no_longer_the_one_built_is_damaged_and_cleared(cache: Path, kind: str) -> None:
+    (binary,) = _artifact(cache).glob(f"{NAME}*.so")
+    size = binary.stat().st_size
+    if kind == "longer":
+        with binary.open("ab") as f:
+            f.write(b"\0")
+    else:
+        binary.unlink()
+        {"fifo": lambda: os.mkfifo(binary), "folder": binary.mkdir,
+         "symlink": lambda: binary.symlink_to("/bin/sh")}[kind]()
+    text = "is not a regular file" if kind != "longer" else f"{size + 1} bytes, its manifest says {size}"
+    _check_listed_then_cleared(cache, text)
+
+
+def test_a_lock_of_another_kind_is_never_reported_as_being_built(cache: Path) -> None:
+    lock = cache / NAME / ".lock"
+    lock.unlink()
+    lock.symlink_to(cache / "elsewhere.lock")
+    (cache / "elsewhere.lock").touch()
+    listing = _listing(cache)
+    assert [m["being_built"] for m in listing["modules"]] == [False]
+    assert lock.is_symlink() and not (cache / NAME / ".lock.owner").exists()
+
 
 def test_a_lock_that_is_a_folder_is_replaced_and_the_module_cleared(cache: Path) -> None:
     lock = cache / NAME / ".lock"
