@@ -46,8 +46,12 @@ def prepare_ninja_file(config: BuildConfig, build_folder: str, sources: list[str
     inputs = _generator_inputs(config, sources, driver)
     path = os.path.join(build_folder, NINJA_FILE)
     recorded = _recorded_inputs(build_folder)
-    if isinstance(recorded, dict) and recorded.pop("text_sha256", None) == _text_digest(path) and recorded == inputs:
-        return True  # the same generator inputs, and the file is still the one written from them
+    if isinstance(recorded, dict):
+        written = recorded.pop("text_sha256", None)
+        if recorded == inputs:
+            if written == _text_digest(path):
+                return True  # the same generator inputs, and the file is still the one written from them
+            logger.warning("%s was changed or damaged since it was written; writing it again", path)
     text = _generate(config, sources, driver, build_folder)
     if text is None:
         return False
