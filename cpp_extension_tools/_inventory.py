@@ -172,9 +172,7 @@ def _open_existing(path: str) -> int:
     flags = os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         return os.open(path, os.O_RDWR | flags)
-    except PermissionError:
-        return os.open(path, os.O_RDONLY | flags)
-    except IsADirectoryError:
+    except (PermissionError, IsADirectoryError):
         return os.open(path, os.O_RDONLY | flags)
 
 
