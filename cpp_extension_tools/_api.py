@@ -103,11 +103,11 @@ def cached_load_torch_cpp_extension(
                 error)
     else:
         log("%s: cache miss (%s)", config.name, reason)
-    _allow_build(config, prebuilt_skipped)
+    _allow_build(config, prebuilt_skipped, root)
     return _build_and_load(store, config, verbose)
 
 
-def _allow_build(config: BuildConfig, prebuilt_skipped: str) -> None:
+def _allow_build(config: BuildConfig, prebuilt_skipped: str, root: str) -> None:
     """Refuse to build when JIT is disabled; say why a prebuilt binary was not used when it costs a build."""
     from ._prebuilt import DISABLE_JIT_ENV, jit_disabled  # not on the warm path
 
@@ -115,7 +115,7 @@ def _allow_build(config: BuildConfig, prebuilt_skipped: str) -> None:
         _require_cuda_toolchain(config.name)
     if jit_disabled():
         raise BuildError(
-            f"{config.name!r} is not cached and building it is disabled ({DISABLE_JIT_ENV}=1): "
+            f"{config.name!r} is not cached in {root} and building it is disabled ({DISABLE_JIT_ENV}=1): "
             f"{prebuilt_skipped or 'no prebuilt_path was given'}. Install a wheel with a prebuilt binary for "
             f"this environment, unset {DISABLE_JIT_ENV} to build it here, or fill the cache ahead of time "
             "(cpp-extension-tools build).", name=config.name)
