@@ -76,9 +76,9 @@ def cached_load_torch_cpp_extension(
     arguments = _validated_arguments(name, sources, extra_include_paths, extra_cflags, extra_cuda_cflags,
                                      extra_ldflags, verbose, with_cuda)
     verbose = arguments.verbose
-    prebuilt_skipped = ""
+    prebuilt_skipped, prebuilt_there = "", False
     if prebuilt_path is not None:
-        module, prebuilt_skipped = _load_prebuilt(arguments.name, prebuilt_path, verbose)
+        module, prebuilt_skipped, prebuilt_there = _load_prebuilt(arguments.name, prebuilt_path, verbose)
         if module is not None:
             return module
     config = arguments.config()
@@ -103,11 +103,11 @@ def cached_load_torch_cpp_extension(
                 error)
     else:
         log("%s: cache miss (%s)", config.name, reason)
-    _allow_build(config, prebuilt_skipped, root)
+    _allow_build(config, prebuilt_skipped, root, warn=prebuilt_there)
     return _build_and_load(store, config, verbose)
 
 
-def _allow_build(config: BuildConfig, prebuilt_skipped: str, root: str) -> None:
+def _allow_build(config: BuildConfig, prebuilt_skipped: str, root: str, warn: bool) -> None:
     """Refuse to build when JIT is disabled; say why a prebuilt binary was not used when it costs a build."""
     from ._prebuilt import DISABLE_JIT_ENV, jit_disabled  # not on the warm path
 
@@ -119,7 +119,7 @@ def _allow_build(config: BuildConfig, prebuilt_skipped: str, root: str) -> None:
             f"{prebuilt_skipped or 'no prebuilt_path was given'}. Install a wheel with a prebuilt binary for "
             f"this environment, unset {DISABLE_JIT_ENV} to build it here, or fill the cache ahead of time "
             "(cpp-extension-tools build).", name=config.name)
-    if prebuilt_skipped:  # said once per build, not on every load from the cache
+    if prebuilt_skipped and warn:  # said once per build; not for a source checkout, which has no prebuilt binary
         logger.warning("%s: building from source instead of using the prebuilt binary: %s", config.name,
                        prebuilt_skipped)
 
@@ -171,25 +171,26 @@ _prebuilt_modules: dict[str, ModuleType] = {}
 _prebuilt_guard = ForkSafeLock()  # threads loading the same binary get one module object
 
 
-def _load_prebuilt(name: str, directory: str | os.PathLike[str], verbose: bool) -> tuple[ModuleType | None, str]:
-    """(the prebuilt module, "") or (None, why it was skipped), logged once per call."""
+def _load_prebuilt(name: str, directory: str | os.PathLike[str],
+                   verbose: bool) -> tuple[ModuleType | None, str, bool]:
+    """(the prebuilt module, "", True) or (None, why it was skipped, whether a prebuilt binary is there)."""
     if not isinstance(directory, (str, os.PathLike)):
         raise TypeError(f"prebuilt_path: expected a path or None, got {type(directory).__name__}")
     directory = os.path.abspath(os.fspath(directory))
     if not os.path.exists(os.path.join(directory, f"{name}.json")):  # the usual case outside wheels: one stat
-        return None, f"no prebuilt binary for {name!r} in {directory}"
+        return None, f"no prebuilt binary for {name!r} in {directory}", False
     from ._prebuilt import find_prebuilt
 
     library, why = find_prebuilt(directory, name)
     if library is None:
         logger.debug("%s: not using a prebuilt binary: %s", name, why)
-        return None, why
+        return None, why, True
     with _prebuilt_guard:
         module = _prebuilt_modules.get(library)
         if module is None:
             module = _prebuilt_modules[library] = import_extension(name, library)
     (logger.info if verbose else logger.debug)("%s: loaded the prebuilt binary %s", name, library)
-    return module, ""
+    return module, "", True
 
 
 def _require_cuda_toolchain(name: str) -> None:

@@ -75,6 +75,9 @@ def accounts() -> Iterator[Callable[..., Account]]:
     """make(primary_group=None, groups=()) -> a new account, deleted (with its own group) afterwards."""
     if os.geteuid() != 0:
         pytest.skip("creating throwaway accounts needs root")
+    missing = [p for p in ("useradd", "userdel", "groupadd", "groupdel", "setpriv") if shutil.which(p) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (passwd, util-linux; ./dev.sh test installs them as root)")
     made: list[str] = []
     made_groups: list[str] = []
 

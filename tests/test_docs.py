@@ -60,7 +60,8 @@ CI_COVERED: dict[str, tuple[str, str]] = {
     "./dev.sh docs": ("dev.sh", "build_docs"),
     # Installing this checkout with pip, as a user would (into a target folder, not the test's venv).
     "pip install --no-build-isolation .": ("tests/test_processes.py", '"--no-build-isolation", "--target"'),
-    # The compiler launcher with ccache and its own storage (skipped where ccache is missing; CI installs it).
+    # The compiler launcher with ccache and its own storage (skipped where ccache is missing; ./dev.sh test
+    # installs it as root).
     "export CACHED_CPP_EXTENSION_COMPILER_LAUNCHER=ccache": ("tests/test_compiler_launcher.py",
                                                             'monkeypatch.setenv(LAUNCHER, "ccache")'),
     "export CCACHE_DIR=/shared/ccache": ("tests/test_compiler_launcher.py", 'monkeypatch.setenv("CCACHE_DIR"'),
