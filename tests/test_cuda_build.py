@@ -65,8 +65,11 @@ def test_c_and_cuda_module_compiles_links_and_loads(tmp_path: Path, monkeypatch:
 
 
 def test_arch_list_change_rebuilds_the_cuda_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    nvcc_log = tmp_path / "nvcc.log"
-    wrapper = tmp_path / "nvcc-logged"
+    # The log and the wrapper live outside the sources' folder: a file created there during a build
+    # would (rightly) cost a rebuild, since it could be a header the compiler now finds.
+    (tmp_path / "tools").mkdir()
+    nvcc_log = tmp_path / "tools" / "nvcc.log"
+    wrapper = tmp_path / "tools" / "nvcc-logged"
     wrapper.write_text(f'#!/bin/sh\necho "$*" >> {nvcc_log}\nexec {_probe.find_nvcc()} "$@"\n')
     wrapper.chmod(0o755)
     monkeypatch.setenv("PYTORCH_NVCC", str(wrapper))
