@@ -121,6 +121,18 @@ def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
         subprocess.run(["umount", "-l", str(point)], check=False)
 
 
+def build_template_cache(folder: Path, name: str) -> Path:
+    """A cache root under ``folder`` holding one real module ``name`` (an artifact, its build folder, a hint),
+    built in another process; CLI tests copy it instead of building per test."""
+    sources = write_module(folder / "src")
+    root = folder / "cache"
+    run_python(f"""
+        from cpp_extension_tools import cached_load_torch_cpp_extension
+        assert cached_load_torch_cpp_extension({name!r}, {sources!r}).answer() == 42
+    """, env={"CACHED_CPP_EXTENSION_BUILD_DIR": str(root)}, timeout=300)
+    return root
+
+
 def write_module(folder: Path, name_macro: bool = True, functions: dict[str, int] | None = None,
                  header: str | None = None) -> list[str]:
     """Write a C module whose functions return constants; one .c file per function plus the init file."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_python, write_module
+from tests.conftest import build_template_cache, run_python, write_module
 
 NAME = "adv_cli"
 NOBODY = 65534
@@ -38,14 +38,7 @@ def _cli(*args: str, root: Path, env: dict[str, str] | None = None, as_nobody: b
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache root holding one real module (an artifact, its build folder, a latest-* hint)."""
-    folder = tmp_path_factory.mktemp("template")
-    sources = write_module(folder / "src")
-    root = folder / "cache"
-    run_python(f"""
-        from cpp_extension_tools import cached_load_torch_cpp_extension
-        assert cached_load_torch_cpp_extension({NAME!r}, {sources!r}).answer() == 42
-    """, env={"CACHED_CPP_EXTENSION_BUILD_DIR": str(root)}, timeout=300)
-    return root
+    return build_template_cache(tmp_path_factory.mktemp("template"), NAME)
 
 
 @pytest.fixture

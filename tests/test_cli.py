@@ -17,7 +17,7 @@ import torch
 
 from cpp_extension_tools import __version__, _cli, _environment_info
 from cpp_extension_tools._units import format_duration, format_size, parse_age, parse_size
-from tests.conftest import run_python, write_module
+from tests.conftest import build_template_cache, write_module
 
 ABI = str(int(torch._C._GLIBCXX_USE_CXX11_ABI))
 
@@ -207,14 +207,7 @@ NAME = "cli_listed"
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache root holding one real module, built once for the module."""
-    folder = tmp_path_factory.mktemp("cli-template")
-    sources = write_module(folder / "src")
-    root = folder / "cache"
-    run_python(f"""
-        from cpp_extension_tools import cached_load_torch_cpp_extension
-        assert cached_load_torch_cpp_extension({NAME!r}, {sources!r}).answer() == 42
-    """, env={"CACHED_CPP_EXTENSION_BUILD_DIR": str(root)}, timeout=300)
-    return root
+    return build_template_cache(tmp_path_factory.mktemp("cli-template"), NAME)
 
 
 @pytest.fixture
