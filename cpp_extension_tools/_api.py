@@ -9,19 +9,22 @@ import sys
 import time
 from collections.abc import Iterable
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from . import _settings
+from ._arguments import BuildRequest, validated_request
 from ._config import BuildConfig, make_config
 from ._errors import BuildError, LockTimeoutError, cache_not_writable, is_cache_write_error
-from ._flags import absolute_path_flags, get_default_cpp_cflags, get_default_cuda_cflags
 from ._forksafe import ForkSafeLock
 from ._hashing import digest_fd
 from ._loader import import_extension, import_from_fd, memo_get, memo_put
 from ._manifest import Manifest
 from ._root import resolve_root
-from ._sources import language_of, validate_flags, validate_include_paths, validate_name, validate_sources
 from ._store import ModuleStore, sources_digest
 from ._trust import open_trusted
+
+if TYPE_CHECKING:
+    from ._toolchain import Toolchain  # resolved on the cold path only
 
 __all__ = ["cached_load_torch_cpp_extension"]
 
@@ -73,15 +76,21 @@ def cached_load_torch_cpp_extension(
             FileNotFoundError also says when the C or C++ compiler (``CC``,
             ``CXX``) is not found.
     """
-    arguments = _validated_arguments(name, sources, extra_include_paths, extra_cflags, extra_cuda_cflags,
-                                     extra_ldflags, verbose, with_cuda)
-    verbose = arguments.verbose
+    request = validated_request(name, sources, extra_include_paths, extra_cflags, extra_cuda_cflags, extra_ldflags,
+                                verbose, with_cuda)
+    return load_request(request, build_directory, prebuilt_path)
+
+
+def load_request(request: BuildRequest, build_directory: str | os.PathLike[str] | None,
+                 prebuilt_path: str | os.PathLike[str] | None = None) -> ModuleType:
+    """cached_load_torch_cpp_extension after its argument checks (the prebuilt builder starts here too)."""
+    verbose = request.verbose
     prebuilt_skipped, prebuilt_there = "", False
     if prebuilt_path is not None:
-        module, prebuilt_skipped, prebuilt_there = _load_prebuilt(arguments.name, prebuilt_path, verbose)
+        module, prebuilt_skipped, prebuilt_there = _load_prebuilt(request.name, prebuilt_path, verbose)
         if module is not None:
             return module
-    config = arguments.config()
+    config = make_config(request)
     root = resolve_root(build_directory)
     store = ModuleStore(root, config.name)
     module = memo_get(store.folder, config.key)
@@ -103,68 +112,28 @@ def cached_load_torch_cpp_extension(
                 error)
     else:
         log("%s: cache miss (%s)", config.name, reason)
-    _allow_build(config, prebuilt_skipped, root, warn=prebuilt_there)
-    return _build_and_load(store, config, verbose)
+    toolchain = _allow_build(config, prebuilt_skipped, root, warn=prebuilt_there)
+    return _build_and_load(store, config, toolchain)
 
 
-def _allow_build(config: BuildConfig, prebuilt_skipped: str, root: str, warn: bool) -> None:
-    """Refuse to build when JIT is disabled; say why a prebuilt binary was not used when it costs a build."""
+def _allow_build(config: BuildConfig, prebuilt_skipped: str, root: str, warn: bool) -> Toolchain:
+    """The tools to build with; refuse to build when JIT is disabled; say why a prebuilt binary was not
+    used when it costs a build."""
     from ._prebuilt import DISABLE_JIT_ENV, jit_disabled  # not on the warm path
+    from ._toolchain import resolve_toolchain
 
-    if config.with_cuda:
-        _require_cuda_toolchain(config.name)
     if jit_disabled():
         raise BuildError(
             f"{config.name!r} is not cached in {root} and building it is disabled ({DISABLE_JIT_ENV}=1): "
             f"{prebuilt_skipped or 'no prebuilt_path was given'}. Install a wheel with a prebuilt binary for "
             f"this environment, unset {DISABLE_JIT_ENV} to build it here, or fill the cache ahead of time "
             "(cpp-extension-tools build).", name=config.name)
+    # Before the lock and before anything is written: a machine that cannot build says so at once.
+    toolchain = resolve_toolchain(config.request)
     if prebuilt_skipped and warn:  # said once per build; not for a source checkout, which has no prebuilt binary
         logger.warning("%s: building from source instead of using the prebuilt binary: %s", config.name,
                        prebuilt_skipped)
-
-
-class _Arguments:
-    """Checked arguments; the configuration (which needs the compilers) is made only when needed."""
-
-    def __init__(self, name: str, sources: list[str], include_paths: list[str], cflags: list[str],
-                 cuda_cflags: list[str], ldflags: list[str], verbose: bool, with_cuda: bool) -> None:
-        self.name = name
-        self.sources = sources
-        self.include_paths = include_paths
-        self.cflags = cflags
-        self.cuda_cflags = cuda_cflags
-        self.ldflags = ldflags
-        self.verbose = verbose
-        self.with_cuda = with_cuda
-
-    def config(self) -> BuildConfig:
-        return make_config(self.name, self.sources, self.include_paths, self.cflags, self.cuda_cflags,
-                           self.ldflags, self.with_cuda)
-
-
-def _validated_arguments(name: object, sources: object, include_paths: object, cflags: object,
-                         cuda_cflags: object, ldflags: object, verbose: object, with_cuda: object) -> _Arguments:
-    checked_name = validate_name(name)
-    checked_sources = validate_sources(sources)
-    checked_includes = validate_include_paths(include_paths)
-    # Relative paths in flags mean the caller's working directory, not the build folder the compilers run in.
-    checked_cflags = get_default_cpp_cflags() if cflags is None else absolute_path_flags(
-        validate_flags("extra_cflags", cflags))
-    checked_cuda_cflags = (get_default_cuda_cflags() if cuda_cflags is None
-                           else absolute_path_flags(validate_flags("extra_cuda_cflags", cuda_cflags)))
-    checked_ldflags = absolute_path_flags(validate_flags("extra_ldflags", ldflags), linker=True)
-    if not isinstance(verbose, bool):
-        raise TypeError(f"verbose: expected a bool, got {type(verbose).__name__}")
-    has_cuda_sources = any(language_of(s) == "cuda" for s in checked_sources)
-    if with_cuda is None:
-        with_cuda = has_cuda_sources
-    elif not isinstance(with_cuda, bool):
-        raise TypeError(f"with_cuda: expected a bool or None, got {type(with_cuda).__name__}")
-    elif has_cuda_sources and not with_cuda:
-        raise ValueError("with_cuda: False, but sources include .cu files; pass with_cuda=None or True")
-    return _Arguments(checked_name, checked_sources, checked_includes, checked_cflags, checked_cuda_cflags,
-                      checked_ldflags, verbose, with_cuda)
+    return toolchain
 
 
 _prebuilt_modules: dict[str, ModuleType] = {}
@@ -191,22 +160,6 @@ def _load_prebuilt(name: str, directory: str | os.PathLike[str],
             module = _prebuilt_modules[library] = import_extension(name, library)
     (logger.info if verbose else logger.debug)("%s: loaded the prebuilt binary %s", name, library)
     return module, "", True
-
-
-def _require_cuda_toolchain(name: str) -> None:
-    import torch
-
-    from ._probe import find_nvcc
-
-    if torch.version.cuda is None:
-        raise BuildError(
-            f"cannot build {name!r} with CUDA: torch {torch.__version__} is a CPU-only build (torch.version.cuda "
-            "is None), and torch.utils.cpp_extension compiles .cu files only with a CUDA build of torch. "
-            "Install a CUDA build of torch, or leave the .cu sources out on this machine.", name=name)
-    if find_nvcc() is None:
-        raise BuildError(
-            f"cannot build {name!r} with CUDA: nvcc was not found (looked at PYTORCH_NVCC, CUDA_HOME, "
-            "CUDA_PATH, PATH and /usr/local/cuda). Install the CUDA toolkit or set CUDA_HOME.", name=name)
 
 
 class _BinaryChanged(ImportError):
@@ -239,7 +192,7 @@ def _thread_lock(folder: str) -> ForkSafeLock:
         return lock
 
 
-def _build_and_load(store: ModuleStore, config: BuildConfig, verbose: bool) -> ModuleType:
+def _build_and_load(store: ModuleStore, config: BuildConfig, toolchain: Toolchain) -> ModuleType:
     from ._locking import call_deadline, module_lock  # the slow path's modules stay out of the warm path
 
     # One deadline for the whole call: waiting for this process's other threads counts too. Taking it
@@ -263,7 +216,7 @@ def _build_and_load(store: ModuleStore, config: BuildConfig, verbose: bool) -> M
             store.remove_leftovers()
             manifest, _ = store.find(config, repair=True)
             if manifest is None:
-                manifest = _build_locked(store, config, verbose, failure_before)
+                manifest = _build_locked(store, config, toolchain, failure_before)
             return _load(store, config, manifest)  # under the lock: pruning cannot remove it meanwhile
     finally:
         thread_lock.release()
@@ -276,7 +229,7 @@ def _remaining(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
 
-def _build_locked(store: ModuleStore, config: BuildConfig, verbose: bool,
+def _build_locked(store: ModuleStore, config: BuildConfig, toolchain: Toolchain,
                   failure_before: object) -> Manifest:
     digest = sources_digest(config)
     failure = store.read_failure(config)
@@ -287,7 +240,7 @@ def _build_locked(store: ModuleStore, config: BuildConfig, verbose: bool,
     from ._builder import run_build
 
     try:
-        outcome = run_build(config, store.build_folder(config), verbose)
+        outcome = run_build(config, toolchain, store.build_folder(config))
     except BuildError as error:
         store.write_failure(config, digest, error)
         raise

@@ -21,11 +21,10 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from . import _probe, _progress, _settings
+from . import _progress, _settings
 from ._build_state import BuildState, invalidate_outdated, object_digests, output_signatures, read_state, save_state
 from ._config import COMPILER_VARIABLES, BuildConfig
 from ._driver import write_driver
@@ -45,7 +44,7 @@ from ._inputs import (
 )
 from ._manifest import FolderRecord, ToolRecord
 from ._ninja_file import NINJA_FILE, prepare_ninja_file
-from ._toolchain import Toolchain, compiler_launcher, resolve_toolchain
+from ._toolchain import Toolchain
 from ._trust import data_file_mode, folder_mode
 
 __all__ = ["BuildOutcome", "run_build"]
@@ -90,19 +89,17 @@ class _InputsChanged(Exception):
         self.deps = deps
 
 
-def run_build(config: BuildConfig, build_folder: str, verbose: bool) -> BuildOutcome:
-    """Build ``config`` in ``build_folder``: the binary and exactly the inputs it was compiled from.
+def run_build(config: BuildConfig, toolchain: Toolchain, build_folder: str) -> BuildOutcome:
+    """Build ``config`` with ``toolchain`` in ``build_folder``: the binary and exactly the inputs it was compiled from.
 
     An input edited during the build makes it run again (at most _BUILD_ATTEMPTS times in all); a
     failure or a damaged output in a reused build folder makes it wipe the folder and build once
     from scratch before the error is reported.
     """
-    toolchain = resolve_toolchain(config)
-    launcher = compiler_launcher(config, verbose)
     known: set[str] = set()
     for attempt in range(1, _BUILD_ATTEMPTS + 1):
         try:
-            return _build_repairing(config, build_folder, verbose, toolchain, launcher, known)
+            return _build_repairing(config, toolchain, build_folder, known)
         except _InputsChanged as changed:
             known.update(p for paths in changed.deps.values() for p in paths)
             if attempt == _BUILD_ATTEMPTS:
@@ -117,11 +114,10 @@ def run_build(config: BuildConfig, build_folder: str, verbose: bool) -> BuildOut
 _BUILD_ATTEMPTS = 3
 
 
-def _build_repairing(config: BuildConfig, build_folder: str, verbose: bool, toolchain: Toolchain,
-                     launcher: list[str], known: set[str]) -> BuildOutcome:
+def _build_repairing(config: BuildConfig, toolchain: Toolchain, build_folder: str, known: set[str]) -> BuildOutcome:
     fresh = _prepare_folder(build_folder)
     try:
-        return _build_in(config, build_folder, verbose, toolchain, launcher, known)
+        return _build_in(config, toolchain, build_folder, known)
     except _Repairable as failure:
         if fresh:
             raise failure.error from None
@@ -130,7 +126,7 @@ def _build_repairing(config: BuildConfig, build_folder: str, verbose: bool, tool
     remove_tree(build_folder)
     _prepare_folder(build_folder)
     try:
-        return _build_in(config, build_folder, verbose, toolchain, launcher, known)
+        return _build_in(config, toolchain, build_folder, known)
     except _Repairable as failure:
         raise failure.error from None
 
@@ -146,28 +142,26 @@ def _prepare_folder(build_folder: str) -> bool:
     return not os.listdir(build_folder)
 
 
-def _build_in(config: BuildConfig, build_folder: str, verbose: bool, toolchain: Toolchain, launcher: list[str],
-              known: set[str]) -> BuildOutcome:
+def _build_in(config: BuildConfig, toolchain: Toolchain, build_folder: str, known: set[str]) -> BuildOutcome:
+    request = config.request
     state = read_state(build_folder)
     invalidate_outdated(build_folder, state, toolchain.identity())
-    link_files, link_folders = link_inputs(config.ldflags)
+    link_files, link_folders = link_inputs(request.ldflags)
     recorded = [p for deps in _dict(state.get("objects")).values() if isinstance(deps, dict) for p in deps]
-    snapshot = _snapshot(config, [*config.sources, *link_files, *known, *recorded])
-    commands = toolchain.commands()
-    driver = write_driver(build_folder, commands["cc"], commands["cxx"], launcher)
+    snapshot = _snapshot(config, [*request.sources, *link_files, *known, *recorded])
+    driver = write_driver(build_folder, toolchain.cc_command, toolchain.cxx_command, toolchain.launcher)
     log_path = os.path.join(build_folder, "build.log")
-    logger.info("building %s (%d source%s) in %s", config.name, len(config.sources),
-                "" if len(config.sources) == 1 else "s", build_folder)
+    logger.info("building %s (%d source%s) in %s", config.name, len(request.sources),
+                "" if len(request.sources) == 1 else "s", build_folder)
     from ._build_worker import with_unique_object_names
 
-    ninja_only = prepare_ninja_file(config, build_folder,
-                                    with_unique_object_names(list(config.sources), build_folder), driver)
+    ninja_only = prepare_ninja_file(request, build_folder,
+                                    with_unique_object_names(list(request.sources), build_folder), driver)
     versions = _cached_compiler_versions(state, toolchain)
     before = _stamp_before([*_dict(state.get("folders")), *link_folders,
-                            *(os.path.dirname(p) for p in config.sources), *config.include_paths])
+                            *(os.path.dirname(p) for p in request.sources), *request.include_paths])
     started_ns, started = time.time_ns(), time.monotonic()
-    result = _run_worker(config, build_folder, driver, launcher, commands if versions is None else {}, log_path,
-                         verbose, ninja_only)
+    result = _run_worker(config, toolchain, build_folder, driver, versions is None, log_path, ninja_only)
     seconds = time.monotonic() - started
     if not result.get("ok"):
         raise _failure(config, result, log_path, build_folder)
@@ -176,11 +170,12 @@ def _build_in(config: BuildConfig, build_folder: str, verbose: bool, toolchain: 
     if problem is not None:
         raise _damaged_output(config, library, problem, log_path)
     deps = result.get("deps", {})
-    search = _search_paths(config, build_folder, commands, state)
-    inputs, headers = _collect_inputs(config, deps, build_folder, search, link_files, snapshot, started_ns)
+    search = _search_paths(config, toolchain, build_folder, state)
+    inputs, headers = _collect_inputs(config, toolchain, deps, build_folder, search, link_files, snapshot,
+                                      started_ns)
     exclude = (torch_include_folder() + os.sep, os.path.realpath(build_folder) + os.sep,
                os.path.abspath(build_folder) + os.sep)
-    folders = searched_folders(search.values(), headers, config.sources, link_folders, exclude)
+    folders = searched_folders(search.values(), headers, request.sources, link_folders, exclude)
     folder_records, listings = _stamp_folders(folders, started_ns, before)
     versions = result.get("compiler_versions", {}) if versions is None else versions
     save_state(build_folder, {
@@ -192,7 +187,7 @@ def _build_in(config: BuildConfig, build_folder: str, verbose: bool, toolchain: 
     logger.info("built %s in %.1f s", config.name, seconds)
     details = {"configuration": config.describe(), "compiler_versions": versions,
                "cuda_arch_list": result.get("cuda_arch_list"), "build_folder": build_folder}
-    return BuildOutcome(library, inputs, folder_records, toolchain.records(), seconds, details)
+    return BuildOutcome(library, inputs, folder_records, toolchain.records, seconds, details)
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -250,22 +245,24 @@ def _damaged_output(config: BuildConfig, library: str, problem: str, log_path: s
     return _Repairable(error, f"the linked binary is unusable ({problem})")
 
 
-def _search_paths(config: BuildConfig, build_folder: str, commands: dict[str, list[str]],
+def _search_paths(config: BuildConfig, toolchain: Toolchain, build_folder: str,
                   state: BuildState) -> dict[str, SearchPath]:
     """Per language: the folders searched with the build's flags, and ("builtin:<lang>") without them."""
     flags = _ninja_flags(build_folder)
-    languages = {"c": ("cc", "c"), "c++": ("cxx", "c++"), "cuda": ("cxx", "c++")}
+    # nvcc's host compiles search the C++ compiler's folders.
+    languages = {"c": (toolchain.cc_command, "c"), "c++": (toolchain.cxx_command, "c++"),
+                 "cuda": (toolchain.cxx_command, "c++")}
     cached = _dict(state.get("builtin_search"))
     bare_env = {k: v for k, v in os.environ.items() if k not in COMPILER_VARIABLES}
     result: dict[str, SearchPath] = {}
-    for language in sorted(config.languages):
-        role, spelling = languages[language]
-        result[language] = probe_search_path(commands[role], flags, spelling, build_folder, None)
+    for language in sorted(config.request.languages):
+        command, spelling = languages[language]
+        result[language] = probe_search_path(command, flags, spelling, build_folder, None)
         builtin = cached.get(f"builtin:{language}") if state.get("compiler_identity") else None
         if isinstance(builtin, list) and all(isinstance(f, str) for f in builtin):
             result[f"builtin:{language}"] = SearchPath(tuple(builtin), ())
         else:
-            result[f"builtin:{language}"] = probe_search_path(commands[role], [], spelling, build_folder, bare_env)
+            result[f"builtin:{language}"] = probe_search_path(command, [], spelling, build_folder, bare_env)
     return result
 
 
@@ -281,7 +278,7 @@ def _ninja_flags(build_folder: str) -> list[str]:
     return words
 
 
-def _collect_inputs(config: BuildConfig, deps: dict[str, list[str]], build_folder: str,
+def _collect_inputs(config: BuildConfig, toolchain: Toolchain, deps: dict[str, list[str]], build_folder: str,
                     search: dict[str, SearchPath], link_files: list[str], snapshot: dict[str, str | None],
                     started_ns: int) -> tuple[list[FileRecord], list[str]]:
     """(records of the sources, the user's headers and the linker's inputs; every header read).
@@ -291,21 +288,22 @@ def _collect_inputs(config: BuildConfig, deps: dict[str, list[str]], build_folde
     _InputsChanged.
     """
     builtin = [f for k, p in search.items() if k.startswith("builtin:") for f in p.folders]
-    system = system_prefixes(builtin, _probe.find_cuda_home() if config.with_cuda else None)
-    user = tuple(os.path.realpath(p) + os.sep for p in config.include_paths)
+    request = config.request
+    system = system_prefixes(builtin, toolchain.cuda_home)
+    user = tuple(os.path.realpath(p) + os.sep for p in request.include_paths)
     torch_prefix = torch_include_folder() + os.sep
     own = os.path.realpath(build_folder) + os.sep  # the stand-ins of sources with colliding object names
     headers: set[str] = set()
     tracked: set[str] = set()
     for paths in deps.values():
         for path in paths:
-            if path in config.sources or os.path.realpath(path).startswith(own):
+            if path in request.sources or os.path.realpath(path).startswith(own):
                 continue
             headers.add(os.path.abspath(path))
             if header_kind(path, torch_prefix, system, user) == "user":
                 tracked.add(os.path.abspath(path))
     records = [_checked_record(p, snapshot, started_ns, deps)
-               for p in [*config.sources, *sorted(tracked), *link_files] if os.path.isfile(p)]
+               for p in [*request.sources, *sorted(tracked), *link_files] if os.path.isfile(p)]
     return records, sorted(headers)
 
 
@@ -395,7 +393,7 @@ def _ninja_folder() -> str | None:
     return next((folder for folder in candidates if os.access(os.path.join(folder, "ninja"), os.X_OK)), None)
 
 
-def _worker_environment(config: BuildConfig, driver: str, launcher: Sequence[str] = ()) -> dict[str, str]:
+def _worker_environment(config: BuildConfig, toolchain: Toolchain, driver: str) -> dict[str, str]:
     env = dict(os.environ, CXX=driver, TORCH_NO_COMPILER_WRAPPER="1", PYTHONUNBUFFERED="1")
     ninja_folder = _ninja_folder()
     if ninja_folder is None:
@@ -403,22 +401,18 @@ def _worker_environment(config: BuildConfig, driver: str, launcher: Sequence[str
                          f"{sys.executable} or in the ninja package; install it with 'pip install ninja'",
                          name=config.name)
     env["PATH"] = ninja_folder + os.pathsep + env.get("PATH", "")
-    if config.with_cuda:
-        cuda_home = _probe.find_cuda_home()
-        if cuda_home:
-            env["CUDA_HOME"] = cuda_home
-    if launcher:
-        _add_launcher(env, config, os.path.dirname(driver), launcher)
+    if toolchain.cuda_home:
+        env["CUDA_HOME"] = toolchain.cuda_home
+    if toolchain.launcher:
+        _add_launcher(env, config, toolchain, os.path.dirname(driver))
     return env
 
 
-def _add_launcher(env: dict[str, str], config: BuildConfig, build_folder: str, launcher: Sequence[str]) -> None:
+def _add_launcher(env: dict[str, str], config: BuildConfig, toolchain: Toolchain, build_folder: str) -> None:
     """The launcher for nvcc (C and C++ compiles get it from the driver), and the CPU for ccache's key."""
-    nvcc = _probe.find_nvcc() if config.with_cuda else None
-    if nvcc:
-        # torch writes PYTORCH_NVCC into build.ninja as it is: a user's value is already a command line.
-        user_value = os.environ.get("PYTORCH_NVCC")
-        env["PYTORCH_NVCC"] = f"{shlex.join(launcher)} {user_value if user_value else shlex.quote(nvcc)}"
+    if toolchain.nvcc_line:
+        # torch writes PYTORCH_NVCC into build.ninja as it is: a command line.
+        env["PYTORCH_NVCC"] = f"{shlex.join(toolchain.launcher)} {toolchain.nvcc_line}"
     cpu = config.environment.get("cpu")
     if cpu is not None:
         # ccache and sccache hash "-march=native" as text, not the CPU it stands for: a cache shared by
@@ -430,32 +424,29 @@ def _add_launcher(env: dict[str, str], config: BuildConfig, build_folder: str, l
         env["CCACHE_EXTRAFILES"] = os.pathsep.join(filter(None, (env.get("CCACHE_EXTRAFILES"), path)))
 
 
-def _run_worker(config: BuildConfig, build_folder: str, driver: str, launcher: Sequence[str],
-                compilers: dict[str, list[str]], log_path: str, verbose: bool, ninja_only: bool) -> dict[str, Any]:
-    spec = {
-        "name": config.name, "sources": list(config.sources), "cflags": list(config.cflags),
-        "cuda_cflags": list(config.cuda_cflags), "ldflags": list(config.ldflags),
-        "include_paths": list(config.include_paths), "build_directory": build_folder,
-        "with_cuda": config.with_cuda, "compilers": compilers, "ninja_only": ninja_only,
-    }
+def _run_worker(config: BuildConfig, toolchain: Toolchain, build_folder: str, driver: str, ask_versions: bool,
+                log_path: str, ninja_only: bool) -> dict[str, Any]:
+    request = config.request
+    spec = {**request.to_json(), "build_directory": build_folder, "ninja_only": ninja_only,
+            "compilers": toolchain.version_commands() if ask_versions else {}}
     spec_path = os.path.join(build_folder, "cpp_extension_tools_spec.json")
     result_path = os.path.join(build_folder, "cpp_extension_tools_result.json")
     atomic_write_bytes(spec_path, json.dumps(spec, indent=1).encode())
     with contextlib.suppress(FileNotFoundError):
         os.unlink(result_path)
-    env = _worker_environment(config, driver, launcher)
+    env = _worker_environment(config, toolchain, driver)
     # -S: without torch to import, the worker needs no site-packages, and starts in ~10 ms instead of ~40.
     command = [sys.executable, *(["-S"] if ninja_only else []), _WORKER, spec_path, result_path, str(os.getpid())]
     # A team cache: every member must be able to overwrite what the build writes (objects, the log).
     umask = 0o007 if _settings.SHARED_CACHE.get() else -1
-    progress = (_progress.BuildProgress(config.name, len(config.sources), log_path)
-                if _progress.enabled(verbose) else None)
+    progress = (_progress.BuildProgress(config.name, len(request.sources), log_path)
+                if _progress.enabled(request.verbose) else None)
     with _new_log(log_path) as log:
         process = subprocess.Popen(command, cwd=build_folder, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, umask=umask)
         try:
-            _relay_output(process, log, verbose, progress)
+            _relay_output(process, log, request.verbose, progress)
         finally:
             # Whatever the worker's end, nothing it started may outlive it: a compiler orphaned by a
             # killed ninja could write into the objects of a later build. The worker is not reaped

@@ -1,4 +1,4 @@
-"""The configuration of one build and the cache key derived from it.
+"""The configuration of one build (a request and its environment) and the cache key derived from it.
 
 The key covers everything that changes the binary except the content of the
 files the compiler and linker read and the compilers' binaries (which the
@@ -13,9 +13,9 @@ import os
 from typing import Any
 
 from . import _probe
+from ._arguments import BuildRequest
 from ._flags import uses_native_cpu
 from ._hashing import digest_value
-from ._sources import language_of
 from ._version import __version__
 
 __all__ = ["COMPILER_VARIABLES", "CUDA_COMPILER_VARIABLES", "NVCC_VARIABLES", "BuildConfig", "compiler_environment",
@@ -26,65 +26,52 @@ CACHE_FORMAT = 2
 
 
 class BuildConfig:
-    """Normalized arguments plus the environment they are built in; ``key`` digests both."""
+    """A request plus the environment it is built in; ``key`` digests both."""
 
-    __slots__ = (
-        "cflags",
-        "cuda_cflags",
-        "environment",
-        "include_paths",
-        "key",
-        "ldflags",
-        "name",
-        "sources",
-        "with_cuda",
-    )
+    __slots__ = ("environment", "key", "request")
 
-    def __init__(self, name: str, sources: tuple[str, ...], include_paths: tuple[str, ...],
-                 cflags: tuple[str, ...], cuda_cflags: tuple[str, ...], ldflags: tuple[str, ...],
-                 with_cuda: bool, environment: dict[str, Any]) -> None:
-        self.name = name
-        self.sources = sources
-        self.include_paths = include_paths
-        self.cflags = cflags
-        self.cuda_cflags = cuda_cflags
-        self.ldflags = ldflags
-        self.with_cuda = with_cuda
+    def __init__(self, request: BuildRequest, environment: dict[str, Any]) -> None:
+        self.request = request
         self.environment = environment
         self.key = digest_value(self.describe())
+
+    # The store names folders and checks manifests by these two; the rest is read from the request.
+    @property
+    def name(self) -> str:
+        return self.request.name
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return self.request.sources
 
     @property
     def short_key(self) -> str:
         return self.key[:16]
 
-    @property
-    def languages(self) -> frozenset[str]:
-        return frozenset(language_of(s) for s in self.sources)
-
     def describe(self) -> dict[str, Any]:
         """Everything the key was computed from, as JSON-ready data."""
+        request = self.request
         return {
-            "format": CACHE_FORMAT, "library_version": __version__, "name": self.name,
-            "sources": list(self.sources), "include_paths": list(self.include_paths),
-            "cflags": list(self.cflags), "cuda_cflags": list(self.cuda_cflags),
-            "ldflags": list(self.ldflags), "with_cuda": self.with_cuda,
+            "format": CACHE_FORMAT, "library_version": __version__, "name": request.name,
+            "sources": list(request.sources), "include_paths": list(request.include_paths),
+            "cflags": list(request.cflags), "cuda_cflags": list(request.cuda_cflags),
+            "ldflags": list(request.ldflags), "with_cuda": request.with_cuda,
             "environment": self.environment,
         }
 
 
-def make_config(name: str, sources: list[str], include_paths: list[str], cflags: list[str],
-                cuda_cflags: list[str], ldflags: list[str], with_cuda: bool) -> BuildConfig:
+def make_config(request: BuildRequest) -> BuildConfig:
     """The configuration and its key: nothing here runs or looks up a compiler (a warm cache needs none)."""
-    languages = {language_of(s) for s in sources}
+    with_cuda = request.with_cuda
     environment: dict[str, Any] = {
         "torch": _probe.torch_identity(),
         "python": _probe.python_identity(),
         "cxx": configured_compiler("CXX", "c++"),
         "compiler_environment": compiler_environment(with_cuda),
     }
-    if "c" in languages:
+    if "c" in request.languages:
         environment["cc"] = configured_compiler("CC", "cc")
-    if uses_native_cpu(cflags) or (with_cuda and uses_native_cpu(cuda_cflags)):
+    if uses_native_cpu(request.cflags) or (with_cuda and uses_native_cpu(request.cuda_cflags)):
         environment["cpu"] = _probe.cpu_fingerprint()
     if with_cuda:
         environment["nvcc"] = {var: os.environ.get(var) for var in NVCC_VARIABLES}
@@ -92,8 +79,7 @@ def make_config(name: str, sources: list[str], include_paths: list[str], cflags:
         if os.environ.get("CC"):
             # nvcc gets "-ccbin $CC" from torch: the host compiler is then part of the build.
             environment["cuda_host_cc"] = configured_compiler("CC", "cc")
-    return BuildConfig(name, tuple(sources), tuple(include_paths), tuple(cflags), tuple(cuda_cflags),
-                       tuple(ldflags), with_cuda, environment)
+    return BuildConfig(request, environment)
 
 
 # Environment variables that change what the compilers or the linker do (search paths, extra flags,

@@ -28,7 +28,7 @@ import shlex
 import sysconfig
 from typing import Any
 
-from ._config import BuildConfig
+from ._arguments import BuildRequest
 from ._fsutil import atomic_write_bytes
 
 __all__ = ["NINJA_FILE", "prepare_ninja_file"]
@@ -39,11 +39,14 @@ NINJA_FILE = "build.ninja"
 _RECORD_FILE = "cpp_extension_tools_ninja.json"
 
 
-def prepare_ninja_file(config: BuildConfig, build_folder: str, sources: list[str], driver: str) -> bool:
-    """Make ``build_folder/build.ninja`` ready for ``ninja``; False when the worker must write it."""
-    if config.with_cuda:
+def prepare_ninja_file(request: BuildRequest, build_folder: str, sources: list[str], driver: str) -> bool:
+    """Make ``build_folder/build.ninja`` ready for ``ninja``; False when the worker must write it.
+
+    ``sources``: the request's, renamed where object names would collide (with_unique_object_names).
+    """
+    if request.with_cuda:
         return False
-    inputs = _generator_inputs(config, sources, driver)
+    inputs = _generator_inputs(request, sources, driver)
     path = os.path.join(build_folder, NINJA_FILE)
     recorded = _recorded_inputs(build_folder)
     if isinstance(recorded, dict):
@@ -52,7 +55,7 @@ def prepare_ninja_file(config: BuildConfig, build_folder: str, sources: list[str
             if written == _text_digest(path):
                 return True  # the same generator inputs, and the file is still the one written from them
             logger.warning("%s was changed or damaged since it was written; writing it again", path)
-    text = _generate(config, sources, driver, build_folder)
+    text = _generate(request, sources, driver, build_folder)
     if text is None:
         return False
     # The record goes last: a build killed in between leaves a file that is regenerated next time.
@@ -75,13 +78,13 @@ def _text_digest(path: str) -> str | None:
         return None
 
 
-def _generator_inputs(config: BuildConfig, sources: list[str], driver: str) -> dict[str, Any]:
+def _generator_inputs(request: BuildRequest, sources: list[str], driver: str) -> dict[str, Any]:
     """Everything the generated text depends on (the configuration key does not cover paths)."""
     import torch
 
     return {
-        "name": config.name, "sources": sources, "cflags": list(config.cflags),
-        "ldflags": list(config.ldflags), "include_paths": list(config.include_paths), "driver": driver,
+        "name": request.name, "sources": sources, "cflags": list(request.cflags),
+        "ldflags": list(request.ldflags), "include_paths": list(request.include_paths), "driver": driver,
         "torch": [torch.__version__, os.path.dirname(torch.__file__)],
         "python_include": sysconfig.get_path("include", scheme="posix_prefix"),
     }
@@ -95,18 +98,18 @@ def _recorded_inputs(build_folder: str) -> Any:
         return None
 
 
-def _generate(config: BuildConfig, sources: list[str], driver: str, build_folder: str) -> str | None:
+def _generate(request: BuildRequest, sources: list[str], driver: str, build_folder: str) -> str | None:
     """The text torch's load() would write with CXX=driver, or None if torch's generator is not as expected."""
     import torch.utils.cpp_extension as cpp_extension
 
     scratch = os.path.join(build_folder, f"{NINJA_FILE}.generated-{os.getpid()}")
     try:
         ldflags = cpp_extension._prepare_ldflags(  # type: ignore[no-untyped-call]
-            list(config.ldflags), False, False, False, False)
+            list(request.ldflags), False, False, False, False)
         cpp_extension._write_ninja_file_to_build_library(
-            path=scratch, name=config.name, sources=sources, extra_cflags=list(config.cflags),
+            path=scratch, name=request.name, sources=sources, extra_cflags=list(request.cflags),
             extra_cuda_cflags=[], extra_sycl_cflags=[], extra_ldflags=ldflags,
-            extra_include_paths=list(config.include_paths), with_cuda=False, with_sycl=False,
+            extra_include_paths=list(request.include_paths), with_cuda=False, with_sycl=False,
             is_standalone=False)
         with open(scratch, encoding="utf-8") as f:
             text = f.read()

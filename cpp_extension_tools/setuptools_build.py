@@ -43,6 +43,7 @@ from setuptools import Distribution
 from setuptools.command.build_py import build_py
 
 from . import _settings
+from ._arguments import BuildRequest, validated_request
 
 __all__ = ["SKIP_ENV", "PrebuiltDistribution", "PrebuiltExtension", "build_prebuilt", "build_py_with_prebuilt"]
 
@@ -73,39 +74,42 @@ class PrebuiltExtension:
 
 def build_prebuilt(extension: PrebuiltExtension, output_folder: str) -> str:
     """Compile ``extension`` with portable flags into ``output_folder``; returns the binary's path."""
-    from ._flags import get_portable_cpp_cflags, get_portable_cuda_cflags, uses_native_cpu
+    from ._flags import uses_native_cpu
     from ._prebuilt import prebuilt_record
 
-    cflags = list(get_portable_cpp_cflags() if extension.extra_cflags is None else extension.extra_cflags)
-    cuda_cflags = list(get_portable_cuda_cflags() if extension.extra_cuda_cflags is None
-                       else extension.extra_cuda_cflags)
-    with_cuda = (any(s.endswith(".cu") for s in extension.sources) if extension.with_cuda is None
-                 else extension.with_cuda)
-    if uses_native_cpu(cflags) or (with_cuda and uses_native_cpu(cuda_cflags)):
-        raise ValueError(f"{extension.name}: prebuilt binaries must not use -march=native (they would crash "
+    request = _portable_request(extension)
+    if uses_native_cpu(request.cflags) or (request.with_cuda and uses_native_cpu(request.cuda_cflags)):
+        raise ValueError(f"{request.name}: prebuilt binaries must not use -march=native (they would crash "
                          "on other CPUs); use get_portable_cpp_cflags() or an explicit -march baseline")
-    baseline = _cpu_baseline(cflags)
-    arch_list = _portable_arch_list() if with_cuda else None
+    baseline = _cpu_baseline(request.cflags)
+    arch_list = _portable_arch_list() if request.with_cuda else None
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="prebuilt-") as cache, _environment(arch_list):
-        from ._api import cached_load_torch_cpp_extension  # imports torch, which setup.py may lack
+        from ._api import load_request  # imports torch, which setup.py may lack
         from ._inventory import list_modules
 
-        cached_load_torch_cpp_extension(
-            extension.name, [os.path.abspath(s) for s in extension.sources],
-            extra_include_paths=[os.path.abspath(p) for p in extension.include_paths], extra_cflags=cflags,
-            extra_cuda_cflags=cuda_cflags, extra_ldflags=list(extension.extra_ldflags), build_directory=cache,
-            with_cuda=with_cuda)
-        ((artifact,),) = [m.artifacts for m in list_modules(cache, extension.name)]
+        load_request(request, build_directory=cache)
+        ((artifact,),) = [m.artifacts for m in list_modules(cache, request.name)]
         os.makedirs(output_folder, exist_ok=True)
-        library = os.path.join(output_folder, f"{extension.name}.so")
-        shutil.copyfile(os.path.join(artifact.path, f"{extension.name}.so"), library)
-        record = prebuilt_record(extension.name, library, baseline, with_cuda, arch_list)
-    with open(os.path.join(output_folder, f"{extension.name}.json"), "w", encoding="utf-8") as f:
+        library = os.path.join(output_folder, f"{request.name}.so")
+        shutil.copyfile(os.path.join(artifact.path, f"{request.name}.so"), library)
+        record = prebuilt_record(request.name, library, baseline, request.with_cuda, arch_list)
+    with open(os.path.join(output_folder, f"{request.name}.json"), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1, sort_keys=True)
-    logger.info("prebuilt %s for %s%s in %.1f s: %s", extension.name, baseline,
+    logger.info("prebuilt %s for %s%s in %.1f s: %s", request.name, baseline,
                 f" and CUDA {arch_list}" if arch_list else "", time.perf_counter() - started, library)
     return library
+
+
+def _portable_request(extension: PrebuiltExtension) -> BuildRequest:
+    """The extension's request, checked as any call's is, with the portable flags as its defaults."""
+    from ._flags import get_portable_cpp_cflags, get_portable_cuda_cflags
+
+    return validated_request(
+        extension.name, list(extension.sources), list(extension.include_paths),
+        get_portable_cpp_cflags() if extension.extra_cflags is None else list(extension.extra_cflags),
+        get_portable_cuda_cflags() if extension.extra_cuda_cflags is None else list(extension.extra_cuda_cflags),
+        list(extension.extra_ldflags), False, extension.with_cuda)
 
 
 def _cpu_baseline(cflags: Sequence[str]) -> str:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cpp_extension_tools import BuildError, cached_load_torch_cpp_extension, get_cpp_sources_list_from_folder
+from cpp_extension_tools import BuildError, _config, cached_load_torch_cpp_extension, get_cpp_sources_list_from_folder
+from cpp_extension_tools._arguments import BuildRequest, validated_request
+from cpp_extension_tools._config import BuildConfig
 from tests.conftest import write_module
 
 
@@ -77,3 +79,58 @@ def test_build_error_pickles_with_all_fields() -> None:
     assert isinstance(clone, RuntimeError)
     assert (clone.message, clone.name, clone.command, clone.log_path, clone.compiler_output) == \
         ("boom", "ext", "cc -c x.c", "/tmp/log", "x.c:1: error")
+
+
+def test_validated_request_is_normalized_and_read_only(tmp_path: Path, module_sources: list[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    kernel = tmp_path / "src" / "kernel.cu"
+    kernel.write_text("")
+    request = validated_request("ext", [*module_sources, "src/kernel.cu"], ["src"], ["-Isrc", " -O2 "], [],
+                                ["-Lsrc"], False, None)
+    assert request.sources == (*module_sources, str(kernel))
+    assert request.include_paths == (str(tmp_path / "src"),)
+    assert request.cflags == (f"-I{tmp_path / 'src'}", "-O2") and request.ldflags == (f"-L{tmp_path / 'src'}",)
+    assert request.languages == frozenset({"c", "cuda"}) and request.with_cuda is True
+    assert request.to_json()["sources"] == [*module_sources, str(kernel)]
+    with pytest.raises(AttributeError, match="read-only"):
+        request.name = "other"
+    with pytest.raises(AttributeError, match="read-only"):
+        del request.cflags
+    assert request.name == "ext" and request.cflags
+
+
+def test_many_sources_are_checked_for_duplicates(tmp_path: Path) -> None:
+    sources = []
+    for k in range(300):
+        (tmp_path / f"f{k}.c").write_text("")
+        sources.append(str(tmp_path / f"f{k}.c"))
+    assert validated_request("ext", sources, (), [], [], [], False, None).sources == tuple(sources)
+    with pytest.raises(ValueError, match="twice"):
+        validated_request("ext", [*sources, sources[150]], (), [], [], [], False, None)
+
+
+# The cache key of a fixed request and environment, computed with the code before the request object
+# existed: CACHE_FORMAT stays 2 and existing caches stay valid only while these digests do not change.
+PINNED_KEYS = [
+    (BuildRequest("pinned_ext", ("/src/a.c", "/src/b.cpp"), ("/src/include",), ("-O3", "-DX=1"), ("-O2",), ("-lm",),
+                  False, False),
+     {"torch": {"version": "2.5.0", "cuda": None}, "python": {"version": "3.12.1", "abi": "cp312"}, "cxx": "c++",
+      "cc": "cc", "compiler_environment": {"CPATH": "/opt/include"}},
+     "6f807508805b59be1bf794d3a214a99eb2e06dffaf39f4fd5c25e6bf9f52f41b"),
+    (BuildRequest("pinned_cuda", ("/src/k.cu",), (), ("-march=native",), ("-O3", "--use_fast_math"), (), True,
+                  True),
+     {"torch": {"version": "2.5.0", "cuda": None}, "python": {"version": "3.12.1", "abi": "cp312"}, "cxx": "c++",
+      "cc": "cc", "compiler_environment": {"CPATH": "/opt/include"},
+      "nvcc": {"PYTORCH_NVCC": None, "CUDA_HOME": "/usr/local/cuda", "CUDA_PATH": None},
+      "cuda_target": {"archs": ["8.0"]}, "cpu": "x86_64 avx2", "cuda_host_cc": "gcc"},
+     "205e17e3f9f3c70b51075a3805bff793bccb93cc4c1a2463b36a8e49d9fe68d7"),
+]
+
+
+@pytest.mark.parametrize(("request_", "environment", "key"), PINNED_KEYS, ids=["cpu", "cuda"])
+def test_the_cache_key_of_a_fixed_request_does_not_change(monkeypatch: pytest.MonkeyPatch, request_: BuildRequest,
+                                                          environment: dict[str, object], key: str) -> None:
+    monkeypatch.setattr(_config, "__version__", "0.0.0-pinned")  # a release changes every key, by design
+    assert _config.CACHE_FORMAT == 2
+    assert BuildConfig(request_, environment).key == key

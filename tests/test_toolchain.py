@@ -1,0 +1,76 @@
+"""The tools of a build are resolved once, on the cold path only, and the build uses what was resolved."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cpp_extension_tools import BuildError, _loader, _probe, cached_load_torch_cpp_extension
+from cpp_extension_tools._arguments import validated_request
+from cpp_extension_tools._toolchain import resolve_toolchain
+from tests.conftest import CompilerLog, write_module
+
+CPP_SOURCE = 'extern "C" long cpp_part(void) { return 7; }\n'
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, calls: Counter[str], name: str) -> None:
+    real: Callable[..., Any] = getattr(_probe, name)
+
+    def counted(*args: Any) -> Any:
+        calls[f"{name}{args}"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(_probe, name, counted)
+
+
+def test_one_cold_build_resolves_each_compiler_once_and_a_hit_none(tmp_path: Path, cache_root: Path,
+                                                                   compilers: CompilerLog,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    sources = write_module(tmp_path / "src")
+    (tmp_path / "src" / "part.cpp").write_text(CPP_SOURCE)
+    sources.append(str(tmp_path / "src" / "part.cpp"))
+    calls: Counter[str] = Counter()
+    for name in ("resolve_compiler", "find_nvcc", "find_cuda_home"):
+        _counting(monkeypatch, calls, name)
+    assert cached_load_torch_cpp_extension("once_ext", sources).answer() == 42
+    assert calls == {"resolve_compiler('CXX', 'c++')": 1, "resolve_compiler('CC', 'cc')": 1}
+    assert len(compilers.compiles()) == len(sources)
+    calls.clear()
+    monkeypatch.setattr(_loader, "_memo", {})
+    assert cached_load_torch_cpp_extension("once_ext", sources).answer() == 42
+    assert calls == {}
+
+
+def test_the_toolchain_holds_what_the_build_runs(tmp_path: Path, compilers: CompilerLog,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    sources = write_module(tmp_path / "src")
+    launcher = tmp_path / "launcher"
+    launcher.write_text("#!/bin/sh\nexec \"$@\"\n")
+    launcher.chmod(0o755)
+    monkeypatch.setenv("CACHED_CPP_EXTENSION_COMPILER_LAUNCHER", f"{launcher} --tag")
+    toolchain = resolve_toolchain(validated_request("tools_ext", sources, (), [], [], [], False, None))
+    assert toolchain.cc_command == [compilers.cc] and toolchain.cxx_command == [compilers.cxx]
+    assert toolchain.launcher == (str(launcher), "--tag")
+    assert toolchain.nvcc is None and toolchain.cuda_home is None
+    assert [(r.role, r.path, r.size) for r in toolchain.records] == [
+        ("cxx", compilers.cxx, os.stat(compilers.cxx).st_size), ("cc", compilers.cc, os.stat(compilers.cc).st_size)]
+    assert toolchain.version_commands() == {"cxx": [compilers.cxx], "cc": [compilers.cc]}
+    assert toolchain.identity()["cxx"]["path"] == compilers.cxx and toolchain.identity()["nvcc"] == []
+
+
+def test_a_missing_tool_fails_before_anything_is_written(tmp_path: Path, cache_root: Path, compilers: CompilerLog,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    sources = write_module(tmp_path / "src")
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(FileNotFoundError, match="CXX"):
+        cached_load_torch_cpp_extension("tools_ext", sources)
+    monkeypatch.setenv("CXX", compilers.cxx)
+    monkeypatch.setenv("CACHED_CPP_EXTENSION_COMPILER_LAUNCHER", "'unbalanced")
+    with pytest.raises(BuildError, match="not a valid command"):
+        cached_load_torch_cpp_extension("tools_ext", sources)
+    assert not cache_root.exists() and compilers.calls() == []
