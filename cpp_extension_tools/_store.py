@@ -50,7 +50,7 @@ from ._trust import check_trusted, file_mode, folder_mode
 if TYPE_CHECKING:
     from ._builder import BuildOutcome
 
-__all__ = ["LAST_USED_FILE", "FailureRecord", "ModuleStore", "last_used", "module_names",
+__all__ = ["LAST_USED_FILE", "FailureRecord", "FailureSnapshot", "ModuleStore", "last_used", "module_names",
            "note_use", "read_hint", "sources_digest"]
 
 logger = logging.getLogger("cpp_extension_tools")
@@ -82,8 +82,21 @@ class FailureRecord:
         self.error = error
 
 
+class FailureSnapshot:
+    """Which failed build of a configuration was on record when a caller began to wait for its lock.
+
+    A failure recorded after it, from the same sources, is the build that caller waited for: it is
+    re-raised (:meth:`ModuleStore.raise_if_failed_since`) instead of being compiled again.
+    """
+
+    __slots__ = ("attempt",)
+
+    def __init__(self, attempt: str | None) -> None:
+        self.attempt = attempt  # None: no failure on record
+
+
 class ModuleStore:
-    """One module's folder: the paths of its layout, lookup, publication and failure records."""
+    """One module's folder: the paths of its layout, lookup, publication and the failure protocol."""
 
     def __init__(self, root: str, name: str) -> None:
         self.root = root
@@ -318,6 +331,19 @@ class ModuleStore:
         return manifest
 
     # -- failures ---------------------------------------------------------------
+    # The protocol: failure_snapshot() before waiting for the lock; under it, raise_if_failed_since();
+    # write_failure() when the build fails, clear_failure() once one succeeds.
+    def failure_snapshot(self, config: BuildConfig) -> FailureSnapshot:
+        record = self.read_failure(config)
+        return FailureSnapshot(None if record is None else record.attempt)
+
+    def raise_if_failed_since(self, config: BuildConfig, snapshot: FailureSnapshot, sources_digest: str) -> None:
+        """Under the lock: re-raise the failure of a build from these sources that ended while we waited."""
+        record = self.read_failure(config)
+        if record is not None and record.sources_digest == sources_digest and record.attempt != snapshot.attempt:
+            logger.info("%s: the build this process waited for failed; not building again", config.name)
+            raise record.error
+
     def read_failure(self, config: BuildConfig) -> FailureRecord | None:
         """The last failed build of this configuration; None when absent, unreadable or another one's."""
         try:

@@ -1,4 +1,4 @@
-"""The store: the single owner of the on-disk layout."""
+"""The store: the single owner of the on-disk layout, and the failure protocol's typed methods."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import filelock
+import pytest
 
 import cpp_extension_tools
 from cpp_extension_tools._errors import BuildError
 from cpp_extension_tools._inventory import list_modules, visible_modules
 from cpp_extension_tools._prune import clear
-from cpp_extension_tools._store import ModuleStore, module_names
+from cpp_extension_tools._store import FailureSnapshot, ModuleStore, module_names
 
 PACKAGE = Path(cpp_extension_tools.__file__).parent
 # The names of the layout (see _store's docstring); only the module defining ModuleStore spells them.
@@ -110,6 +111,37 @@ def test_a_hint_that_is_a_link_names_no_artifact(tmp_path: Path) -> None:
     (tmp_path / "elsewhere").write_text(config.short_key + "-kept")
     os.symlink(tmp_path / "elsewhere", store._latest_path(config))
     assert store.dangling_hints() == [store._latest_path(config)]
+
+
+def test_a_failure_recorded_while_waiting_is_raised_once_per_attempt(tmp_path: Path) -> None:
+    store, config = ModuleStore(str(tmp_path), "stored"), _config()
+    os.makedirs(store.folder)
+    before = store.failure_snapshot(config)
+    assert isinstance(before, FailureSnapshot) and before.attempt is None
+    store.raise_if_failed_since(config, before, "digest")  # nothing recorded: nothing raised
+    store.write_failure(config, "digest", BuildError("the build we waited for", name=config.name))
+    with pytest.raises(BuildError, match="the build we waited for"):
+        store.raise_if_failed_since(config, before, "digest")
+    store.raise_if_failed_since(config, before, "other sources")  # failed from other sources: build again
+    seen = store.failure_snapshot(config)
+    assert seen.attempt is not None
+    store.raise_if_failed_since(config, seen, "digest")  # seen before waiting: this caller builds again
+    store.write_failure(config, "digest", BuildError("a second attempt"))
+    with pytest.raises(BuildError, match="a second attempt"):
+        store.raise_if_failed_since(config, seen, "digest")
+    store.clear_failure(config)
+    store.raise_if_failed_since(config, before, "digest")
+    assert store.failure_snapshot(config).attempt is None
+
+
+def test_a_failure_record_of_another_configuration_is_never_raised(tmp_path: Path) -> None:
+    store, config = ModuleStore(str(tmp_path), "stored"), _config()
+    os.makedirs(store.folder)
+    before = store.failure_snapshot(config)
+    other = SimpleNamespace(name=config.name, short_key=config.short_key, key="another key")
+    store.write_failure(other, "digest", BuildError("another configuration's"))  # same file, another key
+    store.raise_if_failed_since(config, before, "digest")
+    assert store.failure_snapshot(config).attempt is None
 
 
 def test_clear_leaves_only_lock_files_which_list_then_hides(tmp_path: Path) -> None:
