@@ -20,7 +20,7 @@ from ._hashing import digest_fd
 from ._loader import import_extension, import_from_fd, memo_get, memo_put
 from ._manifest import Manifest
 from ._root import resolve_root
-from ._store import ModuleStore, sources_digest
+from ._store import FailureSnapshot, ModuleStore, sources_digest
 from ._trust import open_trusted
 
 if TYPE_CHECKING:
@@ -198,9 +198,9 @@ def _build_and_load(store: ModuleStore, config: BuildConfig, toolchain: Toolchai
     # One deadline for the whole call: waiting for this process's other threads counts too. Taking it
     # also checks every setting, before anything is written.
     deadline = call_deadline()
-    # Read before waiting: a failure recorded while we wait was the build we
+    # Taken before waiting: a failure recorded while we wait was the build we
     # waited for, and is re-raised instead of being compiled again.
-    failure_before = store.read_failure(config)
+    failure_before = store.failure_snapshot(config)
     thread_lock = _thread_lock(store.folder)
     if not thread_lock.acquire(timeout=_remaining(deadline)):
         raise LockTimeoutError(
@@ -230,13 +230,9 @@ def _remaining(deadline: float) -> float:
 
 
 def _build_locked(store: ModuleStore, config: BuildConfig, toolchain: Toolchain,
-                  failure_before: object) -> Manifest:
+                  failure_before: FailureSnapshot) -> Manifest:
     digest = sources_digest(config)
-    failure = store.read_failure(config)
-    if (failure is not None and failure.sources_digest == digest
-            and (failure_before is None or getattr(failure_before, "attempt", None) != failure.attempt)):
-        logger.info("%s: the build this process waited for failed; not building again", config.name)
-        raise failure.error
+    store.raise_if_failed_since(config, failure_before, digest)
     from ._builder import run_build
 
     try:

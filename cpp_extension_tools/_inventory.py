@@ -2,8 +2,9 @@
 
 Read-only and lock-free: entries may vanish while they are listed (another
 process pruning or clearing) and are then left out. Only folders laid out as
-this library's modules (see _store) are listed; anything else under the root
-is not the cache's and is never counted or touched.
+this library's modules (see _store, which owns the layout: every path here
+comes from a ModuleStore) are listed; anything else under the root is not
+the cache's and is never counted or touched.
 
 Damage never raises: a manifest of odd types, an artifact that is not a plain
 folder or whose binary is missing or of another size than its manifest says
@@ -30,14 +31,10 @@ from typing import Any
 from ._errors import ManifestError
 from ._flags import target_cpu
 from ._fsutil import TEMP_MARKER, tree_size
-from ._manifest import MANIFEST_NAME, Manifest, read_manifest
-from ._store import last_used
+from ._manifest import Manifest, read_manifest
+from ._store import ModuleStore, last_used, module_names
 
-__all__ = ["ArtifactInfo", "BuildFolderInfo", "ModuleInfo", "list_modules", "lock_is_held", "module_names",
-           "read_regular_file", "visible_modules"]
-
-_MODULE_MARKERS = ("artifacts", "builds", ".lock")
-_LOCK_FILES = frozenset({".lock", ".lock.owner"})
+__all__ = ["ArtifactInfo", "BuildFolderInfo", "ModuleInfo", "list_modules", "lock_is_held", "visible_modules"]
 
 
 @dataclass(frozen=True)
@@ -118,30 +115,12 @@ def visible_modules(root: str, name: str | None = None) -> list[ModuleInfo]:
 
 
 def _module(root: str, name: str, probe_locks: bool) -> ModuleInfo:
-    folder = os.path.join(root, name)
-    artifacts = tuple(_artifacts(name, folder))
-    builds = tuple(_build_folders(name, folder))
-    busy = probe_locks and lock_is_held(os.path.join(folder, ".lock"))
-    empty = not artifacts and not builds and _holds_only_locks(folder)
-    return ModuleInfo(name, folder, tree_size(folder), artifacts, builds, being_built=busy, empty=empty)
-
-
-def _holds_only_locks(folder: str) -> bool:
-    """Whether ``folder`` holds nothing but its lock files and empty folders (False when unreadable)."""
-    pending, top = [folder], True
-    while pending:
-        try:
-            with os.scandir(pending.pop()) as scanned:
-                entries = list(scanned)
-        except OSError:
-            return False
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                pending.append(entry.path)
-            elif not (top and entry.name in _LOCK_FILES):
-                return False
-        top = False
-    return True
+    store = ModuleStore(root, name)
+    artifacts = tuple(_artifacts(store))
+    builds = tuple(_build_folders(store))
+    busy = probe_locks and lock_is_held(store.lock_path)
+    empty = not artifacts and not builds and store.holds_only_locks()
+    return ModuleInfo(name, store.folder, tree_size(store.folder), artifacts, builds, being_built=busy, empty=empty)
 
 
 def lock_is_held(lock_path: str) -> bool:
@@ -176,35 +155,6 @@ def _open_existing(path: str) -> int:
         return os.open(path, os.O_RDONLY | flags)
 
 
-def module_names(root: str) -> list[str]:
-    """The folders under ``root`` laid out as modules of this library, sorted; [] for a missing root."""
-    try:
-        with os.scandir(root) as entries:
-            folders = [e for e in entries if e.is_dir(follow_symlinks=False) and TEMP_MARKER not in e.name]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    return sorted(e.name for e in folders if _laid_out_as_module(e.path))
-
-
-def _laid_out_as_module(folder: str) -> bool:
-    for marker in _MODULE_MARKERS:
-        try:
-            os.lstat(os.path.join(folder, marker))
-            return True
-        except PermissionError:  # a folder of this user that lost its permissions: listed as damaged
-            return _owned_by_me(folder)
-        except OSError:
-            continue
-    return False
-
-
-def _owned_by_me(path: str) -> bool:
-    try:
-        return os.lstat(path).st_uid == os.geteuid()
-    except OSError:
-        return False
-
-
 def _subfolders(folder: str) -> tuple[list[os.DirEntry[str]], str]:
     """Complete entries only (a name with TEMP_MARKER is work in progress or a deletion), and what is
     wrong with ``folder`` itself ("" when it is a readable folder or absent)."""
@@ -222,20 +172,21 @@ def _subfolders(folder: str) -> tuple[list[os.DirEntry[str]], str]:
     return sorted(found, key=lambda e: e.name), ""
 
 
-def _artifacts(module: str, module_folder: str) -> list[ArtifactInfo]:
-    folder = os.path.join(module_folder, "artifacts")
+def _artifacts(store: ModuleStore) -> list[ArtifactInfo]:
+    folder = store.artifacts_folder
     entries, problem = _subfolders(folder)
-    if problem:
+    if problem:  # listed as one damaged entry named for the folder
         changed = _mtime(folder)
-        return [ArtifactInfo(module, "artifacts", folder, tree_size(folder), changed, changed, 0.0, {},
-                             damaged=f"the artifacts folder {folder} {problem}")]
-    return [_artifact(module, entry.name, entry.path) for entry in entries]
+        return [ArtifactInfo(store.name, os.path.basename(folder), folder, tree_size(folder), changed, changed, 0.0,
+                             {}, damaged=f"the artifacts folder {folder} {problem}")]
+    return [_artifact(store, entry.name, entry.path) for entry in entries]
 
 
-def _artifact(module: str, artifact_id: str, path: str) -> ArtifactInfo:
+def _artifact(store: ModuleStore, artifact_id: str, path: str) -> ArtifactInfo:
+    module = store.name
     created = _mtime(path)
     try:
-        manifest = read_manifest(os.path.join(path, MANIFEST_NAME))  # never blocks on a FIFO
+        manifest = read_manifest(store.manifest_path(artifact_id))  # never blocks on a FIFO
     except ManifestError as error:
         return ArtifactInfo(module, artifact_id, path, tree_size(path), created, created, 0.0, {},
                             damaged=str(error))
@@ -263,18 +214,6 @@ def _binary_problem(folder: str, manifest: Manifest) -> str:
     return ""
 
 
-def read_regular_file(path: str, limit: int) -> bytes:
-    """Up to ``limit`` bytes of the regular file at ``path``; OSError for anything else (never blocks on a FIFO)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path} is not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read(limit)
-    finally:
-        os.close(fd)
-
-
 # Timestamps past this (year 5138) are damage; time.localtime() overflows on some of them.
 _LATEST_TIMESTAMP = 1e11
 
@@ -283,13 +222,13 @@ def _timestamp(value: float, fallback: float) -> float:
     return value if math.isfinite(value) and 0 <= value <= _LATEST_TIMESTAMP else fallback
 
 
-def _build_folders(module: str, module_folder: str) -> list[BuildFolderInfo]:
-    folder = os.path.join(module_folder, "builds")
+def _build_folders(store: ModuleStore) -> list[BuildFolderInfo]:
+    folder = store.builds_folder
     entries, problem = _subfolders(folder)
-    if problem:
-        return [BuildFolderInfo(module, "builds", folder, tree_size(folder), _mtime(folder),
+    if problem:  # listed as one damaged entry named for the folder
+        return [BuildFolderInfo(store.name, os.path.basename(folder), folder, tree_size(folder), _mtime(folder),
                                 damaged=f"the builds folder {folder} {problem}")]
-    return [BuildFolderInfo(module, entry.name, entry.path, tree_size(entry.path), _newest_mtime(entry.path))
+    return [BuildFolderInfo(store.name, entry.name, entry.path, tree_size(entry.path), _newest_mtime(entry.path))
             for entry in entries]
 
 

@@ -28,8 +28,8 @@ from typing import Any
 
 from . import _settings
 from ._errors import LockTimeoutError, UnsafeCacheError
-from ._fsutil import TEMP_MARKER, remove_tree, temporary_name
-from ._inventory import ArtifactInfo, BuildFolderInfo, ModuleInfo, list_modules, lock_is_held, read_regular_file
+from ._fsutil import remove_tree, temporary_name
+from ._inventory import ArtifactInfo, BuildFolderInfo, ModuleInfo, list_modules, lock_is_held
 from ._locking import module_lock
 from ._store import ModuleStore
 from ._trust import check_trusted
@@ -228,22 +228,5 @@ def _restore_access(folder: str) -> bool:
 
 def _remove_stale_records(store: ModuleStore, remove_all: bool) -> None:
     """latest-* hints naming a deleted artifact (or all hints and failure records when clearing)."""
-    try:
-        with os.scandir(store.folder) as scanned:
-            records = [e.path for e in scanned
-                       if e.name.startswith(("latest-", "failure-")) and TEMP_MARKER not in e.name]
-    except OSError:
-        return
-    for path in records:
-        if remove_all or (os.path.basename(path).startswith("latest-") and not _hint_target_exists(store, path)):
-            remove_owned_tree(path)
-
-
-def _hint_target_exists(store: ModuleStore, hint: str) -> bool:
-    """Whether the latest-* hint names an existing artifact (a hint that is not a regular file never does)."""
-    target = ""
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        target = read_regular_file(hint, 200).decode().strip()
-    if not target or target != os.path.basename(target) or target in (".", ".."):
-        return False
-    return os.path.isdir(os.path.join(store.artifacts_folder, target))
+    for path in store.record_files() if remove_all else store.dangling_hints():
+        remove_owned_tree(path)

@@ -16,6 +16,10 @@
         latest-<key16>          the newest artifact of a configuration (a hint)
         failure-<key16>.json    the last failed build of a configuration
 
+This module is the layout's only home: inventory, pruning and the command line
+ask a ModuleStore for every path (and module_names() which folders of a root are
+modules); no other module spells these names.
+
 Everything but the warm path's lookup happens under the module lock. Folders
 are private to the user (see _trust) and every binary is checked for that
 before it is loaded.
@@ -46,10 +50,20 @@ from ._trust import check_trusted, file_mode, folder_mode
 if TYPE_CHECKING:
     from ._builder import BuildOutcome
 
-__all__ = ["LAST_USED_FILE", "FailureRecord", "ModuleStore", "last_used", "note_use", "read_hint", "sources_digest"]
+__all__ = ["LAST_USED_FILE", "FailureRecord", "FailureSnapshot", "ModuleStore", "last_used", "module_names",
+           "note_use", "read_hint", "sources_digest"]
 
 logger = logging.getLogger("cpp_extension_tools")
 
+# The names of the layout above; no other module spells them (they ask a ModuleStore for paths).
+_LOCK_FILE = ".lock"
+_OWNER_FILE = ".lock.owner"
+_LOCK_FILES = frozenset({_LOCK_FILE, _OWNER_FILE})
+_ARTIFACTS = "artifacts"
+_BUILDS = "builds"
+_MODULE_MARKERS = (_ARTIFACTS, _BUILDS, _LOCK_FILE)  # any one of them makes a folder a module's
+_HINT_PREFIX = "latest-"
+_FAILURE_PREFIX = "failure-"
 LAST_USED_FILE = "last-used"
 # Warm loads write nothing but this stamp, and only when it is older than this: LRU pruning
 # needs the hour a binary was last used, not the millisecond, and a write per load would cost
@@ -68,7 +82,22 @@ class FailureRecord:
         self.error = error
 
 
+class FailureSnapshot:
+    """Which failed build of a configuration was on record when a caller began to wait for its lock.
+
+    A failure recorded after it, from the same sources, is the build that caller waited for: it is
+    re-raised (:meth:`ModuleStore.raise_if_failed_since`) instead of being compiled again.
+    """
+
+    __slots__ = ("attempt",)
+
+    def __init__(self, attempt: str | None) -> None:
+        self.attempt = attempt  # None: no failure on record
+
+
 class ModuleStore:
+    """One module's folder: the paths of its layout, lookup, publication and the failure protocol."""
+
     def __init__(self, root: str, name: str) -> None:
         self.root = root
         self.name = name
@@ -77,24 +106,34 @@ class ModuleStore:
     # -- paths ---------------------------------------------------------------
     @property
     def lock_path(self) -> str:
-        return os.path.join(self.folder, ".lock")
+        return os.path.join(self.folder, _LOCK_FILE)
 
     @property
     def owner_path(self) -> str:
-        return os.path.join(self.folder, ".lock.owner")
+        return os.path.join(self.folder, _OWNER_FILE)
 
     @property
     def artifacts_folder(self) -> str:
-        return os.path.join(self.folder, "artifacts")
+        return os.path.join(self.folder, _ARTIFACTS)
+
+    def artifact_folder(self, artifact_id: str) -> str:
+        return os.path.join(self.folder, _ARTIFACTS, artifact_id)
+
+    def manifest_path(self, artifact_id: str) -> str:
+        return os.path.join(self.folder, _ARTIFACTS, artifact_id, MANIFEST_NAME)
+
+    @property
+    def builds_folder(self) -> str:
+        return os.path.join(self.folder, _BUILDS)
 
     def build_folder(self, config: BuildConfig) -> str:
-        return os.path.join(self.folder, "builds", config.short_key)
+        return os.path.join(self.folder, _BUILDS, config.short_key)
 
     def _latest_path(self, config: BuildConfig) -> str:
-        return os.path.join(self.folder, f"latest-{config.short_key}")
+        return os.path.join(self.folder, _HINT_PREFIX + config.short_key)
 
     def _failure_path(self, config: BuildConfig) -> str:
-        return os.path.join(self.folder, f"failure-{config.short_key}.json")
+        return os.path.join(self.folder, f"{_FAILURE_PREFIX}{config.short_key}.json")
 
     def ensure_folders(self, config: BuildConfig) -> None:
         """Create this module's folders (cold path), refusing folders another user could tamper with.
@@ -179,8 +218,8 @@ class ModuleStore:
         the lock; its temporary files live for milliseconds, so only old ones are deleted.
         """
         now = time.time()
-        builds = os.path.join(self.folder, "builds")  # build folders pruning had renamed to delete
-        for folder, min_age in ((self.artifacts_folder, 0.0), (builds, 0.0), (self.folder, 600.0)):
+        # builds/: build folders pruning had renamed to delete
+        for folder, min_age in ((self.artifacts_folder, 0.0), (self.builds_folder, 0.0), (self.folder, 600.0)):
             try:
                 with os.scandir(folder) as entries:
                     leftovers = [e.path for e in entries if TEMP_MARKER in e.name
@@ -195,7 +234,49 @@ class ModuleStore:
         return os.path.join(self.artifacts_folder, manifest.artifact_id, manifest.library_file)
 
     def note_use(self, manifest: Manifest) -> None:
-        note_use(os.path.join(self.artifacts_folder, manifest.artifact_id), manifest.created_at)
+        note_use(self.artifact_folder(manifest.artifact_id), manifest.created_at)
+
+    # -- what the module folder holds (inventory and pruning) --------------------------
+    def holds_only_locks(self) -> bool:
+        """Whether the module folder holds nothing but its lock files and empty folders (what ``clear``
+        leaves); False when a folder in it is unreadable."""
+        pending, top = [self.folder], True
+        while pending:
+            try:
+                with os.scandir(pending.pop()) as scanned:
+                    entries = list(scanned)
+            except OSError:
+                return False
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                elif not (top and entry.name in _LOCK_FILES):
+                    return False
+            top = False
+        return True
+
+    def record_files(self) -> list[str]:
+        """The module's latest-* hints and failure records (complete ones: no temporary files)."""
+        try:
+            with os.scandir(self.folder) as scanned:
+                return [e.path for e in scanned
+                        if e.name.startswith((_HINT_PREFIX, _FAILURE_PREFIX)) and TEMP_MARKER not in e.name]
+        except OSError:
+            return []
+
+    def dangling_hints(self) -> list[str]:
+        """The latest-* hints that name no existing artifact (a hint that is not a regular file never does)."""
+        return [path for path in self.record_files()
+                if os.path.basename(path).startswith(_HINT_PREFIX) and not self._names_an_artifact(path)]
+
+    def _names_an_artifact(self, hint: str) -> bool:
+        try:
+            if not stat.S_ISREG(os.lstat(hint).st_mode):  # never follow a link planted in the cache
+                return False
+        except OSError:
+            return False
+        target = read_hint(hint)
+        return target is not None and os.path.isdir(self.artifact_folder(target))
 
     def _candidate_folders(self, config: BuildConfig, skip: str | None) -> list[str]:
         prefix = config.short_key + "-"
@@ -221,7 +302,7 @@ class ModuleStore:
         """Install a finished binary: staged in a temporary folder (binary, then manifest), then renamed."""
         content = digest_value([[r.path, r.sha256] for r in outcome.inputs])[:16]
         artifact_id = f"{config.short_key}-{content}"
-        final = os.path.join(self.artifacts_folder, artifact_id)
+        final = self.artifact_folder(artifact_id)
         staging = temporary_name(final)
         try:
             make_dirs(staging, folder_mode())
@@ -250,6 +331,19 @@ class ModuleStore:
         return manifest
 
     # -- failures ---------------------------------------------------------------
+    # The protocol: failure_snapshot() before waiting for the lock; under it, raise_if_failed_since();
+    # write_failure() when the build fails, clear_failure() once one succeeds.
+    def failure_snapshot(self, config: BuildConfig) -> FailureSnapshot:
+        record = self.read_failure(config)
+        return FailureSnapshot(None if record is None else record.attempt)
+
+    def raise_if_failed_since(self, config: BuildConfig, snapshot: FailureSnapshot, sources_digest: str) -> None:
+        """Under the lock: re-raise the failure of a build from these sources that ended while we waited."""
+        record = self.read_failure(config)
+        if record is not None and record.sources_digest == sources_digest and record.attempt != snapshot.attempt:
+            logger.info("%s: the build this process waited for failed; not building again", config.name)
+            raise record.error
+
     def read_failure(self, config: BuildConfig) -> FailureRecord | None:
         """The last failed build of this configuration; None when absent, unreadable or another one's."""
         try:
@@ -279,6 +373,35 @@ class ModuleStore:
 
     def clear_failure(self, config: BuildConfig) -> None:
         remove_tree(self._failure_path(config))  # a folder there (damage) goes too
+
+
+def module_names(root: str) -> list[str]:
+    """The folders under ``root`` laid out as modules of this library, sorted; [] for a missing root."""
+    try:
+        with os.scandir(root) as entries:
+            folders = [e for e in entries if e.is_dir(follow_symlinks=False) and TEMP_MARKER not in e.name]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(e.name for e in folders if _laid_out_as_module(e.path))
+
+
+def _laid_out_as_module(folder: str) -> bool:
+    for marker in _MODULE_MARKERS:
+        try:
+            os.lstat(os.path.join(folder, marker))
+            return True
+        except PermissionError:  # a folder of this user that lost its permissions: listed as damaged
+            return _owned_by_me(folder)
+        except OSError:
+            continue
+    return False
+
+
+def _owned_by_me(path: str) -> bool:
+    try:
+        return os.lstat(path).st_uid == os.geteuid()
+    except OSError:
+        return False
 
 
 def _install_folder(staging: str, final: str) -> None:
