@@ -75,7 +75,7 @@ def resolve_toolchain(request: BuildRequest) -> Toolchain:
     launcher = _compiler_launcher(request.name, request.verbose)
     nvcc_line = None if nvcc is None else nvcc if os.environ.get("PYTORCH_NVCC") else shlex.quote(nvcc)
     records = [_record("cxx", cxx.path), _record("cc", cc.path) if cc else None,
-               _record("nvcc", _nvcc_program(nvcc)) if nvcc else None]
+               _record("nvcc", _nvcc_program(nvcc_line)) if nvcc_line else None]
     return Toolchain(cxx, cc, nvcc, nvcc_line, cuda_home, launcher, tuple(r for r in records if r is not None))
 
 
@@ -88,16 +88,19 @@ def _cuda_tools(name: str) -> tuple[str, str | None]:
             f"cannot build {name!r} with CUDA: torch {torch.__version__} is a CPU-only build (torch.version.cuda "
             "is None), and torch.utils.cpp_extension compiles .cu files only with a CUDA build of torch. "
             "Install a CUDA build of torch, or leave the .cu sources out on this machine.", name=name)
-    nvcc = _probe.find_nvcc()
+    cuda_home = _probe.find_cuda_home()
+    # find_nvcc's rule, applied to the toolkit just found rather than finding it a second time.
+    nvcc = os.environ.get("PYTORCH_NVCC") or (os.path.join(cuda_home, "bin", "nvcc") if cuda_home else None)
     if nvcc is None:
         raise BuildError(
             f"cannot build {name!r} with CUDA: nvcc was not found (looked at PYTORCH_NVCC, CUDA_HOME, "
             "CUDA_PATH, PATH and /usr/local/cuda). Install the CUDA toolkit or set CUDA_HOME.", name=name)
-    return nvcc, _probe.find_cuda_home()
+    return nvcc, cuda_home
 
 
-def _nvcc_program(nvcc: str) -> str | None:
-    words = shlex.split(nvcc) or ["nvcc"]
+def _nvcc_program(nvcc_line: str) -> str | None:
+    # The command line, not the path as found: a toolkit in a folder with a space is one word.
+    words = shlex.split(nvcc_line) or ["nvcc"]
     # PYTORCH_NVCC may put a launcher (ccache) before nvcc: the record is nvcc's.
     return shutil.which(next((w for w in words if os.path.basename(w).startswith("nvcc")), words[0]))
 

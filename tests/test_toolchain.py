@@ -74,3 +74,59 @@ def test_a_missing_tool_fails_before_anything_is_written(tmp_path: Path, cache_r
     with pytest.raises(BuildError, match="not a valid command"):
         cached_load_torch_cpp_extension("tools_ext", sources)
     assert not cache_root.exists() and compilers.calls() == []
+
+
+def test_cuda_tools_are_resolved_once_into_the_build_environment(tmp_path: Path, compilers: CompilerLog,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from cpp_extension_tools import _builder
+    from cpp_extension_tools._config import BuildConfig
+
+    home = tmp_path / "cuda toolkit"
+    (home / "bin").mkdir(parents=True)
+    nvcc = home / "bin" / "nvcc"
+    nvcc.write_text("#!/bin/sh\n")
+    nvcc.chmod(0o755)
+    kernel = tmp_path / "kernel.cu"
+    kernel.write_text("")
+    launcher = tmp_path / "launcher"
+    launcher.write_text("#!/bin/sh\nexec \"$@\"\n")
+    launcher.chmod(0o755)
+    monkeypatch.setattr(torch.version, "cuda", "12.4")  # poses as a CUDA build of torch: nothing runs nvcc here
+    monkeypatch.setenv("CUDA_HOME", str(home))
+    monkeypatch.setenv("CACHED_CPP_EXTENSION_COMPILER_LAUNCHER", str(launcher))
+    request = validated_request("cuda_tools_ext", [str(kernel)], (), [], [], [], False, None)
+    calls: Counter[str] = Counter()
+    for name in ("resolve_compiler", "find_nvcc", "find_cuda_home"):
+        _counting(monkeypatch, calls, name)
+    toolchain = resolve_toolchain(request)
+    assert calls == {"resolve_compiler('CXX', 'c++')": 1, "find_cuda_home()": 1}
+    assert toolchain.nvcc == _probe.find_nvcc()  # what find_nvcc says, from the toolkit found once
+    assert (toolchain.nvcc, toolchain.cuda_home, toolchain.cc) == (str(nvcc), str(home), None)
+    assert [(r.role, r.path) for r in toolchain.records] == [("cxx", compilers.cxx), ("nvcc", str(nvcc))]
+    assert toolchain.version_commands()["nvcc"] == [str(nvcc)]
+    calls.clear()
+    env = _builder._worker_environment(BuildConfig(request, {}), toolchain, str(tmp_path / "cxx-driver.sh"))
+    assert calls == {}
+    assert env["CUDA_HOME"] == str(home)
+    assert env["PYTORCH_NVCC"] == f"{launcher} '{nvcc}'"  # the launcher before nvcc, the path quoted
+
+    user_nvcc = f"env NVCC_TAG=1 '{nvcc}'"  # the user's PYTORCH_NVCC is a command line: used as it is
+    monkeypatch.setenv("PYTORCH_NVCC", user_nvcc)
+    toolchain = resolve_toolchain(request)
+    assert [(r.role, r.path) for r in toolchain.records] == [("cxx", compilers.cxx), ("nvcc", str(nvcc))]
+    env = _builder._worker_environment(BuildConfig(request, {}), toolchain, str(tmp_path / "cxx-driver.sh"))
+    assert env["PYTORCH_NVCC"] == f"{launcher} {user_nvcc}"
+
+
+def test_cuda_sources_with_a_cpu_only_torch_fail_before_any_compiler_lookup(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", None)
+    kernel = tmp_path / "kernel.cu"
+    kernel.write_text("")
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(BuildError, match="CPU-only build"):
+        resolve_toolchain(validated_request("cpu_torch_ext", [str(kernel)], (), [], [], [], False, None))
