@@ -1,8 +1,9 @@
-"""The generated extension both tools build: N C sources, a declarations header, a shared header.
+"""The generated extension both tools build: N sources, a declarations header, a shared header.
 
-Valid C and C++ (torch's load() compiles .c files as C++, this library as C). f0.c holds the module
-init. ``shared.h`` defines SHARED_OFFSET and is included by f1..f(N/2) only, so a header edit must
-rebuild exactly those objects. ``f<k>()`` returns ``RESULT_BASE + k + SHARED_OFFSET + variant(k)``.
+Valid C and C++, written as .c files (torch's load() compiles them as C++, this library as C) or as
+.cpp files (both compile them as C++: the same commands both ways). f0 holds the module init.
+``shared.h`` defines SHARED_OFFSET and is included by f1..f(N/2) only, so a header edit must rebuild
+exactly those objects. ``f<k>()`` returns ``RESULT_BASE + k + SHARED_OFFSET + variant(k)``.
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ SHARED = "bench_shared.h"
 class ModuleFiles:
     """Where a generated module lives, and what its functions return."""
 
-    def __init__(self, folder: Path, n_sources: int) -> None:
+    def __init__(self, folder: Path, n_sources: int, suffix: str = ".c") -> None:
         self.folder = folder
         self.n_sources = n_sources
+        self.suffix = suffix
         self.shared_offset = 0
         self.variants: dict[int, int] = {}
 
     @property
     def sources(self) -> list[str]:
-        return [str(self.folder / f"f{k}.c") for k in range(self.n_sources)]
+        return [str(self.folder / f"f{k}{self.suffix}") for k in range(self.n_sources)]
 
     def includes_shared(self, k: int) -> bool:
         return 1 <= k <= max(1, self.n_sources // 2)
@@ -42,7 +44,7 @@ class ModuleFiles:
         _write_if_changed(self.folder / DECLS, _decls_text(self.n_sources))
         _write_if_changed(self.folder / SHARED, f"#define SHARED_OFFSET {self.shared_offset}\n")
         for k in range(self.n_sources):
-            _write_if_changed(self.folder / f"f{k}.c", self._source_text(k))
+            _write_if_changed(self.folder / f"f{k}{self.suffix}", self._source_text(k))
 
     def _source_text(self, k: int) -> str:
         shared = f'#include "{SHARED}"\n' if self.includes_shared(k) else "#define SHARED_OFFSET 0\n"
@@ -52,8 +54,8 @@ class ModuleFiles:
         return body + (_init_text(self.n_sources) if k == 0 else "")
 
 
-def write_module(folder: Path, n_sources: int) -> ModuleFiles:
-    files = ModuleFiles(folder, n_sources)
+def write_module(folder: Path, n_sources: int, suffix: str = ".c") -> ModuleFiles:
+    files = ModuleFiles(folder, n_sources, suffix)
     files.write()
     return files
 

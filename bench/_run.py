@@ -34,7 +34,7 @@ def load(spec):
         imported = time.perf_counter()
         module = cpp_extension_tools.cached_load_torch_cpp_extension(
             spec["name"], spec["sources"], extra_include_paths=spec["includes"],
-            build_directory=spec["build_directory"])
+            extra_cflags=spec.get("cflags"), build_directory=spec["build_directory"])
     else:
         import os
         import torch.utils.cpp_extension
@@ -42,7 +42,7 @@ def load(spec):
         os.makedirs(spec["build_directory"], exist_ok=True)
         module = torch.utils.cpp_extension.load(
             spec["name"], spec["sources"], extra_include_paths=spec["includes"],
-            build_directory=spec["build_directory"])
+            extra_cflags=spec.get("cflags"), build_directory=spec["build_directory"])
     end = time.perf_counter()
     got = {name: getattr(module, name)() for name in spec["expected"]}
     if got != spec["expected"]:
@@ -136,8 +136,12 @@ class Workspace:
         return env
 
     def run(self, spec: dict[str, Any], extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+        # torch's process gets a session of its own, as our build worker does: the kernel's autogroup
+        # scheduler gives each session its own share of the CPUs, which would otherwise favour ours on a
+        # loaded machine.
         completed = subprocess.run([sys.executable, str(self.child), json.dumps(spec)], cwd=self.folder,
-                                   env=self.env(extra_env), capture_output=True, text=True, check=False)
+                                   env=self.env(extra_env), capture_output=True, text=True, check=False,
+                                   start_new_session=spec["tool"] == "torch")
         if completed.returncode != 0:
             raise RuntimeError(f"benchmark process failed ({completed.returncode}): {spec['tool']}\n"
                                f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")

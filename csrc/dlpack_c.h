@@ -12,8 +12,8 @@
  *   A consumer renames the capsule to "used_dltensor" / "used_dltensor_versioned"
  *   and becomes responsible for calling the deleter.
  */
-#ifndef FH_DLPACK_C_H
-#define FH_DLPACK_C_H
+#ifndef EP_DLPACK_C_H
+#define EP_DLPACK_C_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -22,8 +22,8 @@
 extern "C" {
 #endif
 
-#define FH_DLPACK_MAJOR_VERSION 1
-#define FH_DLPACK_MINOR_VERSION 0
+#define EP_DLPACK_MAJOR_VERSION 1
+#define EP_DLPACK_MINOR_VERSION 0
 
 typedef enum {
     kDLCPU = 1,
@@ -108,15 +108,19 @@ typedef struct {
     DLManagedTensor *legacy;        /* exactly one of legacy/versioned is set */
     DLManagedTensorVersioned *versioned;
     uint64_t flags;                 /* 0 for legacy */
-} fh_dl_view;
+} ep_dl_view;
 
 /* Calls the producer's deleter (if any) and clears the view.  Idempotent. */
-static inline void fh_dl_view_release(fh_dl_view *v)
+static inline void ep_dl_view_release(ep_dl_view *v)
 {
     if (v->versioned != NULL) {
-        if (v->versioned->deleter != NULL) v->versioned->deleter(v->versioned);
+        if (v->versioned->deleter != NULL) {
+            v->versioned->deleter(v->versioned);
+        }
     } else if (v->legacy != NULL) {
-        if (v->legacy->deleter != NULL) v->legacy->deleter(v->legacy);
+        if (v->legacy->deleter != NULL) {
+            v->legacy->deleter(v->legacy);
+        }
     }
     v->t = NULL;
     v->legacy = NULL;
@@ -124,25 +128,31 @@ static inline void fh_dl_view_release(fh_dl_view *v)
     v->flags = 0;
 }
 
-static inline int fh_dl_is_int64(DLDataType dt)
+static inline int ep_dl_is_int64(DLDataType dt)
 {
     return dt.code == kDLInt && dt.bits == 64 && dt.lanes == 1;
 }
 
 /* Number of elements (product of shape; 1 for 0-d).  Returns -1 on a
  * negative extent or overflow. */
-static inline int64_t fh_dl_numel(const DLTensor *t)
+static inline int64_t ep_dl_numel(const DLTensor *t)
 {
     int64_t n = 1;
     int32_t i;
     for (i = 0; i < t->ndim; i++) {
         int64_t s = t->shape[i];
-        if (s < 0) return -1;
-        if (s == 0) return 0;
+        if (s < 0) {
+            return -1;
+        }
+        if (s == 0) {
+            return 0;
+        }
     }
     for (i = 0; i < t->ndim; i++) {
         int64_t s = t->shape[i];
-        if (n > INT64_MAX / s) return -1;
+        if (n > INT64_MAX / s) {
+            return -1;
+        }
         n *= s;
     }
     return n;
@@ -150,22 +160,29 @@ static inline int64_t fh_dl_numel(const DLTensor *t)
 
 /* 1 if the tensor is compact row-major (dims of extent 1 may have any stride;
  * zero-size tensors count as contiguous). */
-static inline int fh_dl_is_contiguous(const DLTensor *t)
+static inline int ep_dl_is_contiguous(const DLTensor *t)
 {
     int64_t expected = 1;
     int32_t i;
-    if (t->strides == NULL || t->ndim == 0) return 1;
-    for (i = 0; i < t->ndim; i++)
-        if (t->shape[i] == 0) return 1;
+    if (t->strides == NULL || t->ndim == 0) {
+        return 1;
+    }
+    for (i = 0; i < t->ndim; i++) {
+        if (t->shape[i] == 0) {
+            return 1;
+        }
+    }
     for (i = t->ndim - 1; i >= 0; i--) {
-        if (t->shape[i] != 1 && t->strides[i] != expected) return 0;
+        if (t->shape[i] != 1 && t->strides[i] != expected) {
+            return 0;
+        }
         expected *= t->shape[i];
     }
     return 1;
 }
 
 /* Start of element data (data + byte_offset). */
-static inline void *fh_dl_data_ptr(const DLTensor *t)
+static inline void *ep_dl_data_ptr(const DLTensor *t)
 {
     return (void *)((char *)t->data + t->byte_offset);
 }
@@ -174,4 +191,4 @@ static inline void *fh_dl_data_ptr(const DLTensor *t)
 }
 #endif
 
-#endif /* FH_DLPACK_C_H */
+#endif /* EP_DLPACK_C_H */

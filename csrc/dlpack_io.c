@@ -29,26 +29,38 @@ int ep_dl_is_cuda(int32_t device_type)
     return device_type == kDLCUDA || device_type == kDLCUDAManaged;
 }
 
-int32_t ep_dl_device_type(PyObject *obj)
+int ep_dl_device_type(PyObject *obj, const char *argname, int32_t *device_type)
 {
-    long device_type = 0;
+    int status = -1;
+    *device_type = 0;
     if (PyCapsule_CheckExact(obj)) {
         return 0;
     }
     PyObject *device = PyObject_CallMethod(obj, "__dlpack_device__", NULL);
     if (device == NULL) {
-        PyErr_Clear(); /* ep_dl_acquire reports objects without DLPack support */
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return -1;
+        }
+        PyErr_Clear(); /* no __dlpack_device__: ep_dl_acquire reports objects without DLPack support */
         return 0;
     }
+    long value = -1;
     if (PyTuple_Check(device) && PyTuple_GET_SIZE(device) == 2) {
-        device_type = PyLong_AsLong(PyTuple_GET_ITEM(device, 0)); /* an IntEnum is fine */
-        if (device_type == -1 && PyErr_Occurred()) {
-            PyErr_Clear();
-            device_type = 0;
+        value = PyLong_AsLong(PyTuple_GET_ITEM(device, 0)); /* an IntEnum is fine */
+        if (value == -1 && PyErr_Occurred()) {
+            goto done;
         }
     }
+    if (value < 0 || value > INT32_MAX) {
+        PyErr_Format(PyExc_TypeError, "%s: __dlpack_device__() must return (device_type, device_id), got %R",
+                     argname, device);
+        goto done;
+    }
+    *device_type = (int32_t)value;
+    status = 0;
+done:
     Py_DECREF(device);
-    return (int32_t)device_type;
+    return status;
 }
 
 static PyObject *call_dlpack(PyObject *obj, const char *argname, PyObject *stream)
@@ -67,7 +79,7 @@ static PyObject *call_dlpack(PyObject *obj, const char *argname, PyObject *strea
     }
     empty = PyTuple_New(0);
     kwargs = PyDict_New();
-    version = Py_BuildValue("(ii)", FH_DLPACK_MAJOR_VERSION, FH_DLPACK_MINOR_VERSION);
+    version = Py_BuildValue("(ii)", EP_DLPACK_MAJOR_VERSION, EP_DLPACK_MINOR_VERSION);
     if (empty == NULL || kwargs == NULL || version == NULL) {
         goto done;
     }
@@ -93,7 +105,7 @@ done:
     return capsule;
 }
 
-int ep_dl_acquire(PyObject *obj, const char *argname, PyObject *stream, fh_dl_view *view)
+int ep_dl_acquire(PyObject *obj, const char *argname, PyObject *stream, ep_dl_view *view)
 {
     int status = -1;
     memset(view, 0, sizeof *view);
@@ -106,7 +118,7 @@ int ep_dl_acquire(PyObject *obj, const char *argname, PyObject *stream, fh_dl_vi
         if (versioned == NULL) {
             goto done;
         }
-        if (versioned->version.major != FH_DLPACK_MAJOR_VERSION) {
+        if (versioned->version.major != EP_DLPACK_MAJOR_VERSION) {
             /* Left unconsumed, so the capsule's own destructor frees it. */
             PyErr_Format(PyExc_BufferError, "%s: DLPack version %u.%u is not supported (need 1.x)", argname,
                          (unsigned)versioned->version.major, (unsigned)versioned->version.minor);
@@ -136,7 +148,7 @@ done:
     return status;
 }
 
-void ep_dl_release(fh_dl_view *view)
+void ep_dl_release(ep_dl_view *view)
 {
     if (view->legacy == NULL && view->versioned == NULL) {
         return;
@@ -144,27 +156,27 @@ void ep_dl_release(fh_dl_view *view)
     /* Deleters may run Python code (numpy's drops a reference to the array), which must not
      * start with an exception set: park the pending one meanwhile. */
     ep_parked_error parked = ep_error_park();
-    fh_dl_view_release(view);
+    ep_dl_view_release(view);
     if (PyErr_Occurred()) {
         PyErr_WriteUnraisable(NULL);
     }
     ep_error_restore(parked);
 }
 
-int ep_dl_check_int64(const fh_dl_view *view, const char *argname, int64_t *numel)
+int ep_dl_check_int64(const ep_dl_view *view, const char *argname, int64_t *numel)
 {
     const DLTensor *t = view->t;
     if (t->ndim < 0 || (t->ndim > 0 && t->shape == NULL)) {
         PyErr_Format(PyExc_ValueError, "%s: malformed DLPack tensor (ndim=%d)", argname, (int)t->ndim);
         return -1;
     }
-    if (!fh_dl_is_int64(t->dtype)) {
+    if (!ep_dl_is_int64(t->dtype)) {
         PyErr_Format(PyExc_TypeError, "%s must have dtype int64, got DLPack dtype (code=%u, bits=%u, lanes=%u)%s",
                      argname, (unsigned)t->dtype.code, (unsigned)t->dtype.bits, (unsigned)t->dtype.lanes,
                      t->dtype.code == kDLInt && t->dtype.bits == 32 ? ", i.e. int32: convert with .long()" : "");
         return -1;
     }
-    *numel = fh_dl_numel(t);
+    *numel = ep_dl_numel(t);
     if (*numel < 0) {
         PyErr_Format(PyExc_ValueError, "%s: invalid shape in DLPack tensor", argname);
         return -1;

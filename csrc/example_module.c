@@ -63,12 +63,30 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* What the module supports, stated to the interpreter (each slot exists from the Python that introduced it). */
+static PyModuleDef_Slot module_slots[] = {
+#if PY_VERSION_HEX >= 0x030C0000
+    /* A per-interpreter GIL is fine: the module has no global state. Nothing static is written after
+     * load (the method table and the docs are constants), it defines no type and caches no object, and
+     * every result owns its memory, so each interpreter's copy of the module is independent. */
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+#if PY_VERSION_HEX >= 0x030D0000
+    /* No GIL needed (a free-threaded Python keeps it off on import): the functions share no mutable
+     * state, the loops read only immutable str/bytes objects kept alive by a private tuple (the
+     * Py_GIL_DISABLED path of hash_strings.c) or memory held by a DLPack/buffer export. */
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
+    {0, NULL},
+};
+
 static struct PyModuleDef module_definition = {
     PyModuleDef_HEAD_INIT,
     .m_name = STRINGIFY(TORCH_EXTENSION_NAME),
     .m_doc = "example_package's C extension: a CPython C API module built by cpp_extension_tools.",
     .m_size = 0,
     .m_methods = module_methods,
+    .m_slots = module_slots,
 };
 
 PyMODINIT_FUNC CONCAT(PyInit_, TORCH_EXTENSION_NAME)(void)

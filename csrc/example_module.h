@@ -8,9 +8,8 @@
  * hash_ids.c, and hash_ids_cuda.cu (compiled only when CUDA is available,
  * which defines EP_WITH_CUDA for the C files).
  *
- * Everything here is internal to the extension: EP_INTERNAL keeps the symbols
- * out of the shared object's dynamic symbol table, so two extensions built
- * from copies of this code never resolve each other's functions.
+ * Everything here is internal to the extension, named ep_* and marked
+ * EP_INTERNAL (ep_internal.h).
  */
 #ifndef EXAMPLE_MODULE_H
 #define EXAMPLE_MODULE_H
@@ -20,12 +19,7 @@
 #include <stdint.h>
 
 #include "dlpack_c.h"
-
-#if defined(__GNUC__) || defined(__clang__)
-#define EP_INTERNAL __attribute__((visibility("hidden")))
-#else
-#define EP_INTERNAL
-#endif
+#include "ep_internal.h"
 
 /* Below this many elements releasing the GIL costs more than it saves. */
 #define EP_GIL_RELEASE_THRESHOLD 2048
@@ -66,13 +60,14 @@ EP_INTERNAL int ep_parse_u64(PyObject *obj, const char *what, uint64_t *out);
 /* ---- dlpack_io.c ---- */
 
 /* Consumes obj.__dlpack__() (or a capsule given directly); the caller must ep_dl_release the view. */
-EP_INTERNAL int ep_dl_acquire(PyObject *obj, const char *argname, PyObject *stream, fh_dl_view *view);
+EP_INTERNAL int ep_dl_acquire(PyObject *obj, const char *argname, PyObject *stream, ep_dl_view *view);
 /* Runs the producer's deleter (GIL held); safe on a zeroed view. */
-EP_INTERNAL void ep_dl_release(fh_dl_view *view);
+EP_INTERNAL void ep_dl_release(ep_dl_view *view);
 /* Checks dtype int64, a sane shape and alignment; stores the element count. */
-EP_INTERNAL int ep_dl_check_int64(const fh_dl_view *view, const char *argname, int64_t *numel);
-/* obj.__dlpack_device__()[0], or 0 when obj has none. */
-EP_INTERNAL int32_t ep_dl_device_type(PyObject *obj);
+EP_INTERNAL int ep_dl_check_int64(const ep_dl_view *view, const char *argname, int64_t *numel);
+/* Stores obj.__dlpack_device__()[0], or 0 when obj has no such method (or is a capsule); -1 with an
+ * exception set when the method fails or returns something else than (device_type, device_id). */
+EP_INTERNAL int ep_dl_device_type(PyObject *obj, const char *argname, int32_t *device_type);
 EP_INTERNAL int ep_dl_is_cpu(int32_t device_type);
 EP_INTERNAL int ep_dl_is_cuda(int32_t device_type);
 /* A new contiguous int64 CPU tensor, owned by the returned managed tensor (NULL + exception on failure). */
@@ -100,9 +95,7 @@ EP_INTERNAL extern const char ep_hash_ids_into_doc[];
 /* ---- hash_ids_cuda.cu (C linkage; the C files need no CUDA headers) ---- */
 
 #ifdef EP_WITH_CUDA
-int ep_hash_ids_cuda(const int64_t *in, int64_t *out, int64_t n, uint64_t num_buckets, uint64_t seed,
-                     void *stream);
-const char *ep_cuda_error_string(int code);
+#include "hash_ids_cuda.h"
 #endif
 
 #endif /* EXAMPLE_MODULE_H */

@@ -25,7 +25,7 @@ EP_INTERNAL const char ep_hash_ids_into_doc[] =
     "src's number of elements, on src's device. On the CPU src may have any strides; on CUDA it must be\n"
     "contiguous, and the kernel is queued on `stream` (a cudaStream_t as an int; 0 is the default stream).";
 
-static void hash_contiguous(const int64_t *restrict in, int64_t *restrict out, int64_t n, fh_fastmod64 fm,
+static void hash_contiguous(const int64_t *restrict in, int64_t *restrict out, int64_t n, ep_fastmod64 fm,
                             uint64_t seed)
 {
     if (fm.magic == 0) {
@@ -35,23 +35,23 @@ static void hash_contiguous(const int64_t *restrict in, int64_t *restrict out, i
         }
     } else {
         for (int64_t i = 0; i < n; i++) {
-            out[i] = (int64_t)fh_fastmod64_apply(xxh64_u64((uint64_t)in[i], seed), fm);
+            out[i] = (int64_t)ep_fastmod64_apply(xxh64_u64((uint64_t)in[i], seed), fm);
         }
     }
 }
 
 /* In-place variant (src is dst): the same loop without the restrict promise. */
-static void hash_in_place(int64_t *values, int64_t n, fh_fastmod64 fm, uint64_t seed)
+static void hash_in_place(int64_t *values, int64_t n, ep_fastmod64 fm, uint64_t seed)
 {
     for (int64_t i = 0; i < n; i++) {
-        values[i] = (int64_t)fh_fastmod64_apply(xxh64_u64((uint64_t)values[i], seed), fm);
+        values[i] = (int64_t)ep_fastmod64_apply(xxh64_u64((uint64_t)values[i], seed), fm);
     }
 }
 
 /* Any strides (in elements, possibly negative or zero); out is written in row-major order.
  * ndim >= 1 and every extent > 0; counter is scratch of ndim entries. */
 static void hash_strided(const int64_t *base, int32_t ndim, const int64_t *shape, const int64_t *strides,
-                         int64_t *out, fh_fastmod64 fm, uint64_t seed, int64_t *counter)
+                         int64_t *out, ep_fastmod64 fm, uint64_t seed, int64_t *counter)
 {
     const int64_t inner = shape[ndim - 1];
     const int64_t inner_stride = strides[ndim - 1];
@@ -60,7 +60,7 @@ static void hash_strided(const int64_t *base, int32_t ndim, const int64_t *shape
     for (;;) {
         const int64_t *row = base + offset;
         for (int64_t j = 0; j < inner; j++) {
-            out[j] = (int64_t)fh_fastmod64_apply(xxh64_u64((uint64_t)row[j * inner_stride], seed), fm);
+            out[j] = (int64_t)ep_fastmod64_apply(xxh64_u64((uint64_t)row[j * inner_stride], seed), fm);
         }
         out += inner;
         int32_t d = ndim - 2;
@@ -81,7 +81,7 @@ static void hash_strided(const int64_t *base, int32_t ndim, const int64_t *shape
 typedef struct {
     const int64_t *in;
     int64_t *out;
-    fh_fastmod64 fm;
+    ep_fastmod64 fm;
     uint64_t seed;
 } contiguous_job;
 
@@ -103,13 +103,13 @@ static void hash_contiguous_range(void *context, int64_t begin, int64_t end)
 static int hash_on_cpu(const DLTensor *src, int64_t numel, int64_t *out, uint64_t num_buckets, uint64_t seed,
                        int threads)
 {
-    const int64_t *in = fh_dl_data_ptr(src);
-    const fh_fastmod64 fm = fh_fastmod64_init(num_buckets);
+    const int64_t *in = ep_dl_data_ptr(src);
+    const ep_fastmod64 fm = ep_fastmod64_init(num_buckets);
     const int release_gil = numel >= EP_GIL_RELEASE_THRESHOLD;
     if (numel == 0) {
         return 0;
     }
-    if (fh_dl_is_contiguous(src)) {
+    if (ep_dl_is_contiguous(src)) {
         contiguous_job job = {in, out, fm, seed};
         PyThreadState *state = release_gil ? PyEval_SaveThread() : NULL;
         ep_parallel_for(numel, IDS_PER_THREAD, threads, hash_contiguous_range, &job);
@@ -138,7 +138,7 @@ PyObject *ep_hash_ids(PyObject *self, PyObject *args, PyObject *kwargs)
     PyObject *ids, *num_buckets_arg, *seed_arg = NULL, *result = NULL;
     int threads = 1;
     DLManagedTensor *out = NULL;
-    fh_dl_view src = {0};
+    ep_dl_view src = {0};
     uint64_t num_buckets, seed;
     int64_t numel;
     (void)self;
@@ -147,7 +147,10 @@ PyObject *ep_hash_ids(PyObject *self, PyObject *args, PyObject *kwargs)
         ep_parse_num_buckets(num_buckets_arg, &num_buckets) < 0 || ep_parse_u64(seed_arg, "seed", &seed) < 0) {
         return NULL;
     }
-    int32_t device_type = ep_dl_device_type(ids);
+    int32_t device_type;
+    if (ep_dl_device_type(ids, "hash_ids(): ids", &device_type) < 0) {
+        return NULL;
+    }
     if (device_type != 0 && !ep_dl_is_cpu(device_type)) {
         /* Refused before __dlpack__, which could otherwise synchronize a device for nothing. */
         PyErr_Format(PyExc_ValueError, "hash_ids(): ids must be on the CPU here (DLPack device type %d); "
@@ -176,7 +179,7 @@ done:
     return result;
 }
 
-static int check_destination(const fh_dl_view *dst, int64_t src_numel, int64_t dst_numel)
+static int check_destination(const ep_dl_view *dst, int64_t src_numel, int64_t dst_numel)
 {
     if (dst->flags & DLPACK_FLAG_BITMASK_READ_ONLY) {
         PyErr_SetString(PyExc_ValueError, "hash_ids_into(): dst is read-only");
@@ -191,7 +194,7 @@ static int check_destination(const fh_dl_view *dst, int64_t src_numel, int64_t d
                      (long long)src_numel);
         return -1;
     }
-    if (!fh_dl_is_contiguous(dst->t)) {
+    if (!ep_dl_is_contiguous(dst->t)) {
         PyErr_SetString(PyExc_ValueError, "hash_ids_into(): dst must be contiguous (row-major)");
         return -1;
     }
@@ -202,7 +205,7 @@ static int hash_on_cuda(const DLTensor *src, const DLTensor *dst, int64_t numel,
                         uint64_t seed, uint64_t stream)
 {
 #ifdef EP_WITH_CUDA
-    if (!fh_dl_is_contiguous(src)) {
+    if (!ep_dl_is_contiguous(src)) {
         PyErr_SetString(PyExc_ValueError, "hash_ids_into(): a CUDA src must be contiguous; call .contiguous()");
         return -1;
     }
@@ -211,11 +214,11 @@ static int hash_on_cuda(const DLTensor *src, const DLTensor *dst, int64_t numel,
     }
     int error;
     Py_BEGIN_ALLOW_THREADS
-    error = ep_hash_ids_cuda(fh_dl_data_ptr(src), fh_dl_data_ptr(dst), numel, num_buckets, seed,
+    error = ep_hash_ids_cuda(ep_dl_data_ptr(src), ep_dl_data_ptr(dst), numel, num_buckets, seed,
                              (void *)(uintptr_t)stream);
     Py_END_ALLOW_THREADS
     if (error != 0) {
-        PyErr_Format(PyExc_RuntimeError, "hash_ids_into(): CUDA kernel launch failed: %s (cudaError %d)",
+        PyErr_Format(PyExc_RuntimeError, "hash_ids_into(): CUDA error on the launch: %s (cudaError %d)",
                      ep_cuda_error_string(error), error);
         return -1;
     }
@@ -229,13 +232,20 @@ static int hash_on_cuda(const DLTensor *src, const DLTensor *dst, int64_t numel,
 }
 
 /* DLPack's stream argument for a CUDA producer: the stream our kernel will run on, so the producer
- * orders its pending work before it. DLPack says 1 for the legacy default stream, which CUDA calls 0. */
-static PyObject *dlpack_stream_argument(PyObject *obj, uint64_t stream)
+ * orders its pending work before it. DLPack says 1 for the legacy default stream, which CUDA calls 0.
+ * Stores a new reference, or NULL (no argument) for a producer that is not on CUDA; -1 on error. */
+static int dlpack_stream_argument(PyObject *obj, const char *argname, uint64_t stream, PyObject **argument)
 {
-    if (!ep_dl_is_cuda(ep_dl_device_type(obj))) {
-        return NULL;
+    int32_t device_type;
+    *argument = NULL;
+    if (ep_dl_device_type(obj, argname, &device_type) < 0) {
+        return -1;
     }
-    return PyLong_FromUnsignedLongLong(stream == 0 ? 1 : (unsigned long long)stream);
+    if (!ep_dl_is_cuda(device_type)) {
+        return 0;
+    }
+    *argument = PyLong_FromUnsignedLongLong(stream == 0 ? 1 : (unsigned long long)stream);
+    return *argument == NULL ? -1 : 0;
 }
 
 PyObject *ep_hash_ids_into(PyObject *self, PyObject *args, PyObject *kwargs)
@@ -244,7 +254,7 @@ PyObject *ep_hash_ids_into(PyObject *self, PyObject *args, PyObject *kwargs)
     int threads = 1;
     PyObject *src_obj, *dst_obj, *num_buckets_arg, *seed_arg = NULL, *stream_arg = NULL, *result = NULL;
     PyObject *src_stream = NULL, *dst_stream = NULL;
-    fh_dl_view src = {0}, dst = {0};
+    ep_dl_view src = {0}, dst = {0};
     uint64_t num_buckets, seed, stream = 0;
     int64_t numel, dst_numel;
     (void)self;
@@ -254,9 +264,9 @@ PyObject *ep_hash_ids_into(PyObject *self, PyObject *args, PyObject *kwargs)
         (stream_arg != Py_None && ep_parse_u64(stream_arg, "stream", &stream) < 0)) {
         return NULL;
     }
-    src_stream = dlpack_stream_argument(src_obj, stream);
-    dst_stream = dlpack_stream_argument(dst_obj, stream);
-    if (PyErr_Occurred() || ep_dl_acquire(src_obj, "hash_ids_into(): src", src_stream, &src) < 0 ||
+    if (dlpack_stream_argument(src_obj, "hash_ids_into(): src", stream, &src_stream) < 0 ||
+        dlpack_stream_argument(dst_obj, "hash_ids_into(): dst", stream, &dst_stream) < 0 ||
+        ep_dl_acquire(src_obj, "hash_ids_into(): src", src_stream, &src) < 0 ||
         ep_dl_acquire(dst_obj, "hash_ids_into(): dst", dst_stream, &dst) < 0 ||
         ep_dl_check_int64(&src, "hash_ids_into(): src", &numel) < 0 ||
         ep_dl_check_int64(&dst, "hash_ids_into(): dst", &dst_numel) < 0 ||
@@ -265,7 +275,7 @@ PyObject *ep_hash_ids_into(PyObject *self, PyObject *args, PyObject *kwargs)
     }
     DLDevice sd = src.t->device, dd = dst.t->device;
     if (ep_dl_is_cpu(sd.device_type) && ep_dl_is_cpu(dd.device_type)) {
-        if (hash_on_cpu(src.t, numel, fh_dl_data_ptr(dst.t), num_buckets, seed, threads) < 0) {
+        if (hash_on_cpu(src.t, numel, ep_dl_data_ptr(dst.t), num_buckets, seed, threads) < 0) {
             goto done;
         }
     } else if (sd.device_type != dd.device_type || sd.device_id != dd.device_id) {

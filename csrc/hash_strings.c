@@ -179,7 +179,7 @@ typedef struct {
 
 /* Types are checked here, in the worker threads (reading the type of an object that is kept alive is
  * safe): one pass over the objects instead of two, and the objects are the memory traffic. */
-static loop_result hash_items(PyObject *const *items, Py_ssize_t n, uint64_t seed, fh_fastmod64 fm, int64_t *out)
+static loop_result hash_items(PyObject *const *items, Py_ssize_t n, uint64_t seed, ep_fastmod64 fm, int64_t *out)
 {
     scratch_buffer scratch = {NULL, 0};
     loop_result result = {LOOP_OK, 0};
@@ -209,7 +209,7 @@ static loop_result hash_items(PyObject *const *items, Py_ssize_t n, uint64_t see
             }
             bytes = scratch.data;
         }
-        out[i] = (int64_t)fh_fastmod64_apply(xxh64(bytes, (size_t)size, seed), fm);
+        out[i] = (int64_t)ep_fastmod64_apply(xxh64(bytes, (size_t)size, seed), fm);
     }
     free(scratch.data);
     return result;
@@ -223,7 +223,7 @@ typedef struct {
     PyObject *const *items;          /* a sequence's items, or */
     const struct fixed_width_cells_ *cells; /* a numpy array's cells */
     uint64_t seed;
-    fh_fastmod64 fm;
+    ep_fastmod64 fm;
     int64_t *out;
     pthread_mutex_t lock; /* guards first_failure */
     loop_result first_failure;
@@ -258,7 +258,7 @@ typedef struct fixed_width_cells_ {
     int is_ucs4;
 } fixed_width_cells;
 
-static loop_result hash_cells(const fixed_width_cells *cells, Py_ssize_t n, uint64_t seed, fh_fastmod64 fm,
+static loop_result hash_cells(const fixed_width_cells *cells, Py_ssize_t n, uint64_t seed, ep_fastmod64 fm,
                               int64_t *out)
 {
     scratch_buffer scratch = {NULL, 0};
@@ -284,7 +284,7 @@ static loop_result hash_cells(const fixed_width_cells *cells, Py_ssize_t n, uint
                 size--;
             }
         }
-        out[i] = (int64_t)fh_fastmod64_apply(xxh64(bytes, (size_t)size, seed), fm);
+        out[i] = (int64_t)ep_fastmod64_apply(xxh64(bytes, (size_t)size, seed), fm);
     }
     free(scratch.data);
     return result;
@@ -343,7 +343,7 @@ static void raise_loop_error(loop_result result, PyObject *item, const fixed_wid
     Py_DECREF(text);
 }
 
-static PyObject *hash_sequence(PyObject *values, uint64_t seed, fh_fastmod64 fm, int threads)
+static PyObject *hash_sequence(PyObject *values, uint64_t seed, ep_fastmod64 fm, int threads)
 {
     PyObject *result = NULL;
     DLManagedTensor *out = NULL;
@@ -412,7 +412,7 @@ static int parse_cell_format(const char *format, int *is_ucs4)
     return -1;
 }
 
-static PyObject *hash_buffer(PyObject *values, uint64_t seed, fh_fastmod64 fm, int threads)
+static PyObject *hash_buffer(PyObject *values, uint64_t seed, ep_fastmod64 fm, int threads)
 {
     PyObject *result = NULL;
     DLManagedTensor *out = NULL;
@@ -465,7 +465,7 @@ PyObject *ep_hash_strings(PyObject *self, PyObject *args, PyObject *kwargs)
         ep_parse_num_buckets(num_buckets_arg, &num_buckets) < 0 || ep_parse_u64(seed_arg, "seed", &seed) < 0) {
         return NULL;
     }
-    fh_fastmod64 fm = fh_fastmod64_init(num_buckets);
+    ep_fastmod64 fm = ep_fastmod64_init(num_buckets);
     if (PyUnicode_Check(values) || PyBytes_Check(values) || PyByteArray_Check(values)) {
         PyErr_Format(PyExc_TypeError, "hash_strings(): values must be a list of strings, not a single %.200s; "
                      "wrap it in a list", Py_TYPE(values)->tp_name);

@@ -8,12 +8,12 @@
  * as the reference does.  All functions are `static inline` and, when the
  * header is compiled by nvcc, `__host__ __device__`.
  *
- * Also provides fh_fastmod64, a precomputed unsigned 64-bit modulo
+ * Also provides ep_fastmod64, a precomputed unsigned 64-bit modulo
  * (Granlund-Montgomery / libdivide "branchfree" scheme) so that
  * `h % d` in hot loops costs two multiplications instead of a division.
  */
-#ifndef FH_XXHASH64_H
-#define FH_XXHASH64_H
+#ifndef EP_XXHASH64_H
+#define EP_XXHASH64_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -179,23 +179,23 @@ static XXH_DEVICE XXH_FORCE_INLINE uint64_t xxh64_u64(uint64_t v, uint64_t seed)
 /* Fast unsigned 64-bit modulo by a loop-invariant divisor d >= 1.          */
 /* ------------------------------------------------------------------------ */
 
-typedef struct fh_fastmod64 {
+typedef struct ep_fastmod64 {
     uint64_t d;     /* divisor */
     uint64_t magic; /* 0 => d is a power of two (mask = d - 1) */
     uint64_t mask;  /* d - 1 */
     unsigned shift;
-} fh_fastmod64;
+} ep_fastmod64;
 
 #if defined(__SIZEOF_INT128__)
-__extension__ typedef unsigned __int128 fh_uint128; /* a GNU extension: keep -Wpedantic quiet */
+__extension__ typedef unsigned __int128 ep_uint128; /* a GNU extension: keep -Wpedantic quiet */
 #endif
 
-static XXH_DEVICE XXH_FORCE_INLINE uint64_t fh_mulhi64(uint64_t a, uint64_t b)
+static XXH_DEVICE XXH_FORCE_INLINE uint64_t ep_mulhi64(uint64_t a, uint64_t b)
 {
 #if defined(__CUDA_ARCH__)
     return __umul64hi(a, b);
 #elif defined(__SIZEOF_INT128__)
-    return (uint64_t)(((fh_uint128)a * b) >> 64);
+    return (uint64_t)(((ep_uint128)a * b) >> 64);
 #else
     /* portable fallback */
     uint64_t a_lo = (uint32_t)a, a_hi = a >> 32, b_lo = (uint32_t)b, b_hi = b >> 32;
@@ -205,17 +205,19 @@ static XXH_DEVICE XXH_FORCE_INLINE uint64_t fh_mulhi64(uint64_t a, uint64_t b)
 #endif
 }
 
-static XXH_DEVICE XXH_FORCE_INLINE unsigned fh_floor_log2_u64(uint64_t d)
+static XXH_DEVICE XXH_FORCE_INLINE unsigned ep_floor_log2_u64(uint64_t d)
 {
     unsigned r = 0;
-    while (d >>= 1) r++;
+    while (d >>= 1) {
+        r++;
+    }
     return r;
 }
 
 /* Host-side setup (d must be >= 1). */
-static inline fh_fastmod64 fh_fastmod64_init(uint64_t d)
+static inline ep_fastmod64 ep_fastmod64_init(uint64_t d)
 {
-    fh_fastmod64 fm;
+    ep_fastmod64 fm;
     fm.d = d;
     fm.mask = d - 1;
     fm.magic = 0;
@@ -224,10 +226,10 @@ static inline fh_fastmod64 fh_fastmod64_init(uint64_t d)
     {
         /* libdivide u64 "branchfree" generator; d is not a power of two, so
          * 2 <= floor_log2_d <= 63 and the quotients below fit in 64 bits. */
-        unsigned l = fh_floor_log2_u64(d);
+        unsigned l = ep_floor_log2_u64(d);
         uint64_t proposed_m, rem, twice_rem;
 #if defined(__SIZEOF_INT128__)
-        fh_uint128 num = (fh_uint128)1 << (64 + l);
+        ep_uint128 num = (ep_uint128)1 << (64 + l);
         proposed_m = (uint64_t)(num / d);
         rem = (uint64_t)(num % d);
 #else
@@ -250,7 +252,9 @@ static inline fh_fastmod64 fh_fastmod64_init(uint64_t d)
 #endif
         proposed_m += proposed_m;
         twice_rem = rem + rem;
-        if (twice_rem >= d || twice_rem < rem) proposed_m += 1;
+        if (twice_rem >= d || twice_rem < rem) {
+            proposed_m += 1;
+        }
         fm.magic = proposed_m + 1;
         fm.shift = l;
     }
@@ -258,15 +262,17 @@ static inline fh_fastmod64 fh_fastmod64_init(uint64_t d)
 }
 
 /* x mod fm.d */
-static XXH_DEVICE XXH_FORCE_INLINE uint64_t fh_fastmod64_apply(uint64_t x, fh_fastmod64 fm)
+static XXH_DEVICE XXH_FORCE_INLINE uint64_t ep_fastmod64_apply(uint64_t x, ep_fastmod64 fm)
 {
-    if (fm.magic == 0) return x & fm.mask;
+    if (fm.magic == 0) {
+        return x & fm.mask;
+    }
     {
-        uint64_t q = fh_mulhi64(fm.magic, x);
+        uint64_t q = ep_mulhi64(fm.magic, x);
         uint64_t t = ((x - q) >> 1) + q;
         q = t >> fm.shift;
         return x - q * fm.d;
     }
 }
 
-#endif /* FH_XXHASH64_H */
+#endif /* EP_XXHASH64_H */

@@ -14,6 +14,7 @@ import random
 import struct
 import subprocess
 import sys
+import sysconfig
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -91,6 +92,125 @@ def test_static():
 def test_module_name_and_cuda_flag():
     assert m.__name__ == "example_package_ext"
     assert m.has_cuda() is (ep.NO_CUDA_REASON is None)
+
+
+# --------------------------------------------------------------------------- what the module states
+
+PY_MOD_MULTIPLE_INTERPRETERS, PY_MOD_GIL = 3, 4  # slot ids (Include/moduleobject.h)
+PER_INTERPRETER_GIL_SUPPORTED, GIL_NOT_USED = 2, 1  # their values
+
+
+class _ModuleDefSlot(ctypes.Structure):
+    _fields_ = [("slot", ctypes.c_int), ("value", ctypes.c_void_p)]
+
+
+def _module_def_slots(path: str, name: str) -> dict[int, int]:
+    """The m_slots of the module's PyModuleDef, read through its init function (which, with multi-phase
+    init, returns the definition itself)."""
+    init = getattr(ctypes.PyDLL(path), f"PyInit_{name}")
+    init.restype = ctypes.c_void_p
+    definition = init()
+    # PyModuleDef: PyObject_HEAD, m_init, m_index, m_copy, then m_name, m_doc, m_size, m_methods, m_slots.
+    slots_at = definition + object.__basicsize__ + 7 * ctypes.sizeof(ctypes.c_void_p)
+    pointer = ctypes.c_void_p.from_address(slots_at).value
+    found: dict[int, int] = {}
+    if pointer:
+        array = ctypes.cast(pointer, ctypes.POINTER(_ModuleDefSlot))
+        i = 0
+        while array[i].slot != 0:
+            found[array[i].slot] = array[i].value or 0
+            i += 1
+    return found
+
+
+def test_module_states_its_capabilities_for_this_python() -> None:
+    """Each slot is compiled in from the Python that introduced it: 3.12 for multiple interpreters, 3.13
+    for the GIL; older headers get neither (the slot ids would mean nothing to them)."""
+    expected = {}
+    if sys.version_info >= (3, 12):
+        expected[PY_MOD_MULTIPLE_INTERPRETERS] = PER_INTERPRETER_GIL_SUPPORTED
+    if sys.version_info >= (3, 13):
+        expected[PY_MOD_GIL] = GIL_NOT_USED
+    assert _module_def_slots(m.__file__, m.__name__) == expected
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="interpreters with their own GIL exist from Python 3.12")
+def test_module_loads_in_an_interpreter_with_its_own_gil() -> None:
+    # Without its Py_mod_multiple_interpreters slot the import fails there: "does not support loading in
+    # subinterpreters".
+    interpreters = importlib.import_module("_interpreters" if sys.version_info >= (3, 13) else "_xxsubinterpreters")
+    interpreter = interpreters.create()  # isolated: its own GIL
+    code = (f"import importlib.util\nspec = importlib.util.spec_from_file_location({m.__name__!r}, {m.__file__!r})\n"
+            "module = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(module)\n"
+            "assert module.Add42ToInteger(1) == 43\n")
+    try:
+        assert interpreters.run_string(interpreter, code) is None  # 3.13 returns the failure; 3.12 raises it
+    finally:
+        interpreters.destroy(interpreter)
+
+
+@pytest.mark.skipif(not sysconfig.get_config_var("Py_GIL_DISABLED"), reason="not a free-threaded Python")
+def test_import_keeps_the_gil_disabled_on_free_threaded_python() -> None:
+    completed = subprocess.run([sys.executable, "-c", "import sys, example_package; print(sys._is_gil_enabled())"],
+                               capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert completed.stdout.strip().splitlines()[-1] == "False", completed.stderr
+
+
+def test_exported_symbols_are_the_init_function_only() -> None:
+    """One prefix, all hidden: the dynamic symbol table holds PyInit_<name> and nothing of ours else."""
+    nm = subprocess.run(["nm", "-D", "--defined-only", m.__file__], capture_output=True, text=True, check=True)
+    names = {line.split()[-1] for line in nm.stdout.splitlines() if line.strip()}
+    assert f"PyInit_{m.__name__}" in names
+    assert not {n for n in names if n.startswith(("ep_", "hash_", "xxh", "EP_"))}, names
+
+
+# --------------------------------------------------------------------------- error paths
+
+
+class _DeviceRaises:
+    def __dlpack_device__(self) -> tuple[int, int]:
+        raise RuntimeError("device query failed")
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        raise AssertionError("never reached: the device query failed first")
+
+
+class _DeviceMalformed:
+    def __dlpack_device__(self) -> str:
+        return "cpu"
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        raise AssertionError("never reached: the device query is malformed")
+
+
+def test_errors_of_dlpack_device_are_raised_not_swallowed() -> None:
+    with pytest.raises(RuntimeError, match="device query failed"):
+        m.hash_ids(_DeviceRaises(), 10)
+    with pytest.raises(RuntimeError, match="device query failed"):
+        m.hash_ids_into(_DeviceRaises(), torch.empty(3, dtype=torch.int64), 10)
+    with pytest.raises(RuntimeError, match="device query failed"):
+        m.hash_ids_into(torch.arange(3), _DeviceRaises(), 10)
+    with pytest.raises(TypeError, match=r"hash_ids\(\): ids: __dlpack_device__\(\) must return"):
+        m.hash_ids(_DeviceMalformed(), 10)
+    with pytest.raises(TypeError, match=r"hash_ids_into\(\): dst: __dlpack_device__\(\) must return"):
+        m.hash_ids_into(torch.arange(3), _DeviceMalformed(), 10)
+
+
+@pytest.mark.parametrize(("call", "error", "match"), [
+    (lambda: m.Add42ToInteger(1.5), TypeError, "Add42ToInteger: expected an int, got float"),
+    (lambda: m.GetStaticInteger(1), TypeError, "takes no arguments"),
+    (lambda: m.hash_ids(torch.arange(3)), TypeError, "num_buckets"),
+    (lambda: m.hash_ids(torch.arange(3), 10.0), TypeError, "float"),
+    (lambda: m.hash_ids(torch.arange(3), 10, "1"), TypeError, "str"),
+    (lambda: m.hash_ids(torch.arange(3), 10, 0, "2"), TypeError, "integer"),
+    (lambda: m.hash_ids_into(torch.arange(3), torch.empty(3, dtype=torch.int64), 10, 0, 1.0), TypeError, "float"),
+    (lambda: m.hash_strings("abc", 10), TypeError, "not a single str"),
+    (lambda: m.hash_strings(42, 10), TypeError, "must be a list, tuple or 1-D numpy array"),
+    (lambda: m.hash_strings(["a", 3], 10), TypeError, r"values\[1\] must be str or bytes, not int"),
+])
+def test_wrong_types_raise_type_error_with_a_message(call: Any, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        call()
 
 
 # --------------------------------------------------------------------------- strings
@@ -543,8 +663,8 @@ def test_fastmod_edge_cases_in_c(tmp_path):
 #include <stdio.h>
 static uint64_t s = 88172645463325252ull;
 static uint64_t rnd(void) { s ^= s << 13; s ^= s >> 7; s ^= s << 17; return s; }
-static int check(uint64_t d, uint64_t x, fh_fastmod64 fm) {
-    if (fh_fastmod64_apply(x, fm) != x % d) { printf("FAIL d=%llu x=%llu\n",
+static int check(uint64_t d, uint64_t x, ep_fastmod64 fm) {
+    if (ep_fastmod64_apply(x, fm) != x % d) { printf("FAIL d=%llu x=%llu\n",
         (unsigned long long)d, (unsigned long long)x); return 1; }
     return 0;
 }
@@ -560,7 +680,7 @@ int main(void) {
         }
         if (d == 0) d = 1;
         if (d > 0x7fffffffffffffffull) d = 0x7fffffffffffffffull;
-        fh_fastmod64 fm = fh_fastmod64_init(d);
+        ep_fastmod64 fm = ep_fastmod64_init(d);
         uint64_t q = UINT64_MAX / d;
         uint64_t xs[] = {0, 1, d - 1, d, d + 1, UINT64_MAX, UINT64_MAX - 1, q * d, q * d - 1,
                          (q / 2) * d - 1, (q / 2) * d, rnd(), rnd(), rnd() >> 1};
