@@ -196,7 +196,7 @@ def _load_prebuilt(name: str, directory: str | os.PathLike[str],
 def _require_cuda_toolchain(name: str) -> None:
     import torch
 
-    from ._probe import find_nvcc
+    from ._cuda import find_nvcc
 
     if torch.version.cuda is None:
         raise BuildError(

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from . import _probe, _progress, _settings
+from . import _cuda, _progress, _settings
 from ._build_state import BuildState, invalidate_outdated, object_digests, output_signatures, read_state, save_state
 from ._config import COMPILER_VARIABLES, BuildConfig
 from ._driver import write_driver
@@ -291,7 +291,7 @@ def _collect_inputs(config: BuildConfig, deps: dict[str, list[str]], build_folde
     _InputsChanged.
     """
     builtin = [f for k, p in search.items() if k.startswith("builtin:") for f in p.folders]
-    system = system_prefixes(builtin, _probe.find_cuda_home() if config.with_cuda else None)
+    system = system_prefixes(builtin, _cuda.find_cuda_home() if config.with_cuda else None)
     user = tuple(os.path.realpath(p) + os.sep for p in config.include_paths)
     torch_prefix = torch_include_folder() + os.sep
     own = os.path.realpath(build_folder) + os.sep  # the stand-ins of sources with colliding object names
@@ -404,7 +404,7 @@ def _worker_environment(config: BuildConfig, driver: str, launcher: Sequence[str
                          name=config.name)
     env["PATH"] = ninja_folder + os.pathsep + env.get("PATH", "")
     if config.with_cuda:
-        cuda_home = _probe.find_cuda_home()
+        cuda_home = _cuda.find_cuda_home()
         if cuda_home:
             env["CUDA_HOME"] = cuda_home
     if launcher:
@@ -414,7 +414,7 @@ def _worker_environment(config: BuildConfig, driver: str, launcher: Sequence[str
 
 def _add_launcher(env: dict[str, str], config: BuildConfig, build_folder: str, launcher: Sequence[str]) -> None:
     """The launcher for nvcc (C and C++ compiles get it from the driver), and the CPU for ccache's key."""
-    nvcc = _probe.find_nvcc() if config.with_cuda else None
+    nvcc = _cuda.find_nvcc() if config.with_cuda else None
     if nvcc:
         # torch writes PYTORCH_NVCC into build.ninja as it is: a user's value is already a command line.
         user_value = os.environ.get("PYTORCH_NVCC")

@@ -27,8 +27,8 @@ import stat
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ._cpu import target_cpu
 from ._errors import ManifestError
-from ._flags import target_cpu
 from ._fsutil import TEMP_MARKER, tree_size
 from ._manifest import MANIFEST_NAME, Manifest, read_manifest
 from ._store import last_used

@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-from . import _probe, _settings
+from . import _cuda, _identity, _settings
 from ._config import BuildConfig
 from ._errors import BuildError
 from ._manifest import ToolRecord
@@ -28,8 +28,8 @@ logger = logging.getLogger("cpp_extension_tools")
 
 @dataclass(frozen=True)
 class Toolchain:
-    cxx: _probe.CompilerIdentity
-    cc: _probe.CompilerIdentity | None
+    cxx: _identity.CompilerIdentity
+    cc: _identity.CompilerIdentity | None
     nvcc: str | None  # a command line (PYTORCH_NVCC may hold a launcher), or None without CUDA
 
     def commands(self) -> dict[str, list[str]]:
@@ -68,9 +68,9 @@ def _record(role: str, path: str) -> ToolRecord | None:
 
 def resolve_toolchain(config: BuildConfig) -> Toolchain:
     """Look the compilers up (FileNotFoundError naming the variable when one is missing)."""
-    cxx = _probe.resolve_compiler("CXX", "c++")
-    cc = _probe.resolve_compiler("CC", "cc") if "c" in config.languages else None
-    nvcc = (_probe.find_nvcc() or "nvcc") if config.with_cuda else None
+    cxx = _identity.resolve_compiler("CXX", "c++")
+    cc = _identity.resolve_compiler("CC", "cc") if "c" in config.languages else None
+    nvcc = (_cuda.find_nvcc() or "nvcc") if config.with_cuda else None
     return Toolchain(cxx, cc, nvcc)
 
 
