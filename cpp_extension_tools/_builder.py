@@ -158,7 +158,7 @@ def _build_in(config: BuildConfig, build_folder: str, verbose: bool, toolchain: 
     log_path = os.path.join(build_folder, "build.log")
     logger.info("building %s (%d source%s) in %s", config.name, len(config.sources),
                 "" if len(config.sources) == 1 else "s", build_folder)
-    from ._build_worker import with_unique_object_names
+    from ._worker_support import with_unique_object_names
 
     ninja_only = prepare_ninja_file(config, build_folder,
                                     with_unique_object_names(list(config.sources), build_folder), driver)
@@ -540,7 +540,7 @@ def _log_progress(line: str, verbose: bool) -> None:
 
 def _stop_worker(process: subprocess.Popen[bytes]) -> None:
     """Stop the worker and everything it started (the session it leads: ninja, the compilers), then reap it."""
-    from ._build_worker import kill_session
+    from ._worker_support import kill_session
 
     kill_session(process.pid)
     with contextlib.suppress(subprocess.TimeoutExpired):
