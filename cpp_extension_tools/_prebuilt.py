@@ -7,6 +7,7 @@ build (version, git commit, CUDA version) and C++ ABI, the Python ABI (the
 extension suffix), a CPU baseline this CPU implements, and for CUDA code an
 architecture list that ends in PTX (so newer GPUs can JIT it) or holds this
 GPU. Anything else and the caller builds from source instead, saying why.
+The CPU and GPU checks are _cpu's and _cuda's; this module composes them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = ["DISABLE_JIT_ENV", "PREBUILT_FORMAT", "find_prebuilt", "jit_disabled"
 
 PREBUILT_FORMAT = 1
 DISABLE_JIT_ENV = _settings.DISABLE_JIT.name  # an alias of the registry's name, for modules that import it
+
 
 def jit_disabled() -> bool:
     """CACHED_CPP_EXTENSION_DISABLE_JIT; SettingError (a ValueError) for a value that is not a flag."""
