@@ -5,9 +5,10 @@ modules that may change.
 """
 
 from ._api import cached_load_torch_cpp_extension
+from ._cpu import get_portable_cpp_cflags, get_portable_cuda_cflags
+from ._cuda import cuda_unavailable_reason
 from ._errors import BuildError, CacheNotWritableError, LockTimeoutError, UnsafeCacheError
-from ._flags import get_default_cpp_cflags, get_default_cuda_cflags, get_portable_cpp_cflags, get_portable_cuda_cflags
-from ._probe import cuda_unavailable_reason
+from ._flags import get_default_cpp_cflags, get_default_cuda_cflags
 from ._sources import get_cpp_sources_list_from_folder
 from ._version import __version__
 

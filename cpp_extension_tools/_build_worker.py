@@ -1,8 +1,10 @@
 """Build worker: runs ninja, or torch.utils.cpp_extension.load, in a process of its own.
 
 Run as ``python _build_worker.py SPEC.json RESULT.json PARENT_PID`` by the
-library: it depends on nothing but the standard library (and torch, in the
-second mode), so it works whatever the parent's sys.path.
+library: it depends on nothing but the standard library, the two modules beside
+it that are written for it (_worker_support, _cuda) and torch in the second
+mode, so it works whatever the parent's sys.path. This file is the worker's
+``main()`` and what only the worker uses.
 
 - ``ninja_only``: the library wrote build.ninja already (CPU builds, see
   _ninja_file.py); this process runs ``ninja`` and imports nothing of torch, so
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 # Only what the ninja-only mode needs is imported here: the others (logging, re, traceback) would add
 # ~10 ms to every rebuild on a small machine, and are imported where the torch mode or an error needs them.
-import contextlib
 import json
 import os
 import signal
@@ -36,145 +37,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-
-def kill_session(session: int) -> None:
-    """SIGKILL every process of ``session`` but the caller: the build worker, ninja and the compilers.
-
-    Not a process group: ninja starts each command in a group of its own, so killpg() of the
-    worker's group left compilers running, which could then overwrite an object file of the next
-    build with one compiled from the old source (found by tests/test_reliability_processes.py).
-    They all stay in the worker's session, which the library starts for it.
-    """
-    me = os.getpid()
-    if os.path.isdir("/proc"):
-        for _ in range(50):  # a process may fork while we look: look again until none is left
-            members = [pid for pid in _live_session_members(session) if pid != me]
-            if not members:
-                break
-            for pid in members:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-    if os.getpgid(0) != session:  # without /proc, the worker's own group is all we can reach
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(session, signal.SIGKILL)
-
-
-def _live_session_members(session: int) -> list[int]:
-    members = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        stat = _proc_stat(int(name))
-        if stat is not None and stat[1] == session and stat[0] not in (b"Z", b"X"):  # zombies are dead
-            members.append(int(name))
-    return members
-
-
-def _proc_stat(pid: int) -> tuple[bytes, int, int] | None:
-    """(state, session, start time in clock ticks) of ``pid`` from /proc; None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        fields = data[data.rfind(b")") + 2:].split()  # the command name may hold spaces
-        return fields[0], int(fields[3]), int(fields[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def stop_stragglers() -> list[int]:
-    """Kill every other process of this worker's session (what ninja left running); their pids.
-
-    Only when this process leads its session (the library starts it so): otherwise the session is
-    someone else's, a terminal's or a test runner's.
-    """
-    me = os.getpid()
-    if not os.path.isdir("/proc") or os.getsid(0) != me:
-        return []
-    stragglers = [pid for pid in _live_session_members(me) if pid != me]
-    if stragglers:
-        kill_session(me)
-    return stragglers
-
-
-SESSION_FILE = "cpp_extension_tools_session.json"
-
-
-def _machine_identity() -> dict[str, str]:
-    """Where a session id means something: this host, boot and pid namespace."""
-    identity = {"host": os.uname().nodename}
-    with contextlib.suppress(OSError):
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            identity["boot"] = f.read().strip()
-        identity["pid_namespace"] = os.readlink("/proc/self/ns/pid")
-    return identity
-
-
-def claim_build_folder(build_directory: str) -> list[int]:
-    """Kill what is left of an earlier worker's session in ``build_directory``, then record ours.
-
-    Returns the pids killed. An earlier worker that was SIGKILLed or stopped together with its
-    requester could not kill its ninja and compilers; they would write old objects into this build.
-    A process is killed only if it is in that session, works in this folder, and the session is
-    the recorded one (same machine, and its leader is the recorded process or gone).
-    """
-    path = os.path.join(build_directory, SESSION_FILE)
-    killed = _stop_recorded_session(path, build_directory)
-    release_build_folder(build_directory)
-    me = os.getpid()
-    stat = _proc_stat(me)
-    if stat is not None and stat[1] == me:
-        record = {"session": me, "start": stat[2], **_machine_identity()}
-        temporary = f"{path}.tmp-{me}"
-        with open(temporary, "w", encoding="utf-8") as f:
-            json.dump(record, f)
-        os.replace(temporary, path)
-    return killed
-
-
-def _stop_recorded_session(path: str, build_directory: str) -> list[int]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
-        session, start = int(record["session"]), int(record["start"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-    if any(record.get(key) != value for key, value in _machine_identity().items()):
-        return []
-    leader = _proc_stat(session)
-    if leader is not None and leader[2] != start:  # the pid was reused: that session ended
-        return []
-    folder = os.path.realpath(build_directory)
-    killed = []
-    for _ in range(50):  # a process may fork while we look: look again until none is left
-        members = [pid for pid in _live_session_members(session) if pid != os.getpid() and _works_in(pid, folder)]
-        if not members:
-            break
-        for pid in members:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        killed += [pid for pid in members if pid not in killed]
-    return killed
-
-
-def _works_in(pid: int, folder: str) -> bool:
-    try:
-        cwd = os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
-        return False
-    return cwd == folder or cwd.startswith(folder + os.sep)
-
-
-def release_build_folder(build_directory: str) -> None:
-    """Forget our session record: nothing of this build is left running."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(build_directory, SESSION_FILE))
+if __package__:  # imported as cpp_extension_tools._build_worker (type checkers, tests)
+    from . import _cuda
+    from . import _worker_support as support
+else:  # run as a script, where the package may not be importable: its two modules are found beside this file
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # even with PYTHONSAFEPATH set
+    import _cuda  # type: ignore[import-not-found,no-redef]
+    import _worker_support as support  # type: ignore[import-not-found,no-redef]
 
 
 def _die_with_parent(parent_pid: int) -> None:
     def stop_group(signum: int, frame: object) -> None:
         # The parent starts us in a session of our own; never signal a session we do not lead.
         if os.getsid(0) == os.getpid():
-            kill_session(os.getpid())
+            support.kill_session(os.getpid())
         os._exit(1)
 
     signal.signal(signal.SIGTERM, stop_group)
@@ -193,114 +69,6 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def torch_arch_list(torch: Any) -> list[str]:
-    """The GPU architectures ``torch`` was built for ("7.5", "8.0", ...), the newest as "+PTX"; [] if none.
-
-    Read from torch's build flags, so it needs no GPU (torch.cuda.get_arch_list() is empty without one
-    in some versions). Shared by builds without a visible GPU, prebuilt wheels and the ``info`` command.
-    """
-    import re
-
-    flags = torch._C._cuda_getArchFlags() if hasattr(torch._C, "_cuda_getArchFlags") else ""
-    archs: list[str] = []
-    for flag in (flags or "").split():
-        match = re.fullmatch(r"(sm|compute)_(\d+)(\d)a?", flag)
-        arch = f"{match.group(2)}.{match.group(3)}" if match and match.group(1) == "sm" else None
-        if arch is not None and arch not in archs:
-            archs.append(arch)
-    if archs:
-        archs[-1] += "+PTX"  # PTX for the newest, so GPUs newer than torch's list still run it
-    return archs
-
-
-def _resolve_cuda_arch_list() -> str:
-    """TORCH_CUDA_ARCH_LIST, else the visible GPUs' capabilities, else the archs torch was built for."""
-    import torch
-
-    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        return os.environ["TORCH_CUDA_ARCH_LIST"]
-    if torch.cuda.is_available():
-        capabilities = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
-        return ";".join(f"{major}.{minor}" for major, minor in capabilities)
-    archs = torch_arch_list(torch)
-    if not archs:
-        raise RuntimeError("no GPU is visible and TORCH_CUDA_ARCH_LIST is not set; set it to the "
-                           "architectures to build for, e.g. TORCH_CUDA_ARCH_LIST='8.0;9.0'")
-    print(f"cpp_extension_tools: no GPU visible; building for torch's own architectures {archs}",
-          flush=True)
-    return ";".join(archs)
-
-
-_DEVICE_ARCH_FLAGS = ("-gencode", "--generate-code", "-arch", "--gpu-architecture", "-code", "--gpu-code")
-
-
-def _device_arch_flags(cuda_cflags: list[str], arch_list: str) -> list[str]:
-    """-gencode flags for the arch list, unless the user's flags choose architectures themselves.
-
-    torch adds these only when no CUDA flag contains "arch", so a host flag
-    such as ``-Xcompiler -march=native`` makes it drop them all and nvcc falls
-    back to its oldest default architecture. Adding them here avoids that.
-    """
-    if any(flag.startswith(_DEVICE_ARCH_FLAGS) for flag in cuda_cflags):
-        return []
-    flags = []
-    for arch in arch_list.replace(" ", ";").split(";"):
-        number = arch.removesuffix("+PTX").replace(".", "")
-        if not number.isdigit():
-            continue  # named architectures ("Hopper") are left to torch
-        flags.append(f"-gencode=arch=compute_{number},code=sm_{number}")
-        if arch.endswith("+PTX"):
-            flags.append(f"-gencode=arch=compute_{number},code=compute_{number}")
-    return flags
-
-
-UNIQUE_SOURCES_FOLDER = "renamed_sources"
-
-
-def _object_name(source: str) -> str:
-    """The object file torch's load() gives a source: its base name, so a/util.c and b/util.c collide."""
-    stem, extension = os.path.splitext(os.path.basename(source))
-    return stem + (".cuda.o" if extension == ".cu" else ".o")
-
-
-def with_unique_object_names(sources: list[str], build_directory: str) -> list[str]:
-    """Sources whose object names would collide are compiled through a one-line stand-in.
-
-    The stand-in (renamed_sources/util-2.c) #includes the real file by its absolute path, so the
-    compiler still reports errors at the real file and line, and its own folder comes first for
-    #include "..." lookups. Stand-ins are rewritten only when their text changes, so ninja's
-    timestamps stay meaningful.
-    """
-    seen: dict[str, int] = {}
-    result = []
-    for source in sources:
-        name = _object_name(source)
-        seen[name] = seen.get(name, 0) + 1
-        if seen[name] == 1:
-            result.append(source)
-            continue
-        stem, extension = os.path.splitext(os.path.basename(source))
-        folder = os.path.join(build_directory, UNIQUE_SOURCES_FOLDER)
-        os.makedirs(folder, exist_ok=True)
-        number = seen[name]
-        while _object_name(f"{stem}-{number}{extension}") in seen:  # e.g. a real util-2.c among the sources
-            number += 1
-        stand_in = os.path.join(folder, f"{stem}-{number}{extension}")
-        seen[_object_name(stand_in)] = 1
-        quoted = os.path.abspath(source).replace("\\", "\\\\").replace('"', '\\"')
-        text = f'#include "{quoted}"\n'
-        try:
-            with open(stand_in, encoding="utf-8") as f:
-                unchanged = f.read() == text
-        except OSError:
-            unchanged = False
-        if not unchanged:
-            with open(stand_in, "w", encoding="utf-8") as f:
-                f.write(text)
-        result.append(stand_in)
-    return result
-
-
 def _depfile_deps(build_directory: str) -> dict[str, list[str]]:
     """Every object's dependencies from the compilers' depfiles (``<object>.d``), kept in CPU builds.
 
@@ -314,42 +82,12 @@ def _depfile_deps(build_directory: str) -> dict[str, list[str]]:
             continue
         try:
             with open(os.path.join(build_directory, name), encoding="utf-8", errors="surrogateescape") as f:
-                words = parse_depfile(f.read())
+                words = support.parse_depfile(f.read())
         except OSError:
             continue
         deps[os.path.join(build_directory, name[:-2])] = [
             os.path.normpath(os.path.join(build_directory, w)) for w in words]
     return deps
-
-
-def parse_depfile(text: str) -> list[str]:
-    """The prerequisites in a make-style depfile as gcc writes it (``\\ `` a space, ``\\#`` a hash, ``$$`` a dollar)."""
-    text = text.replace("\\\n", " ").replace("\\\r\n", " ")
-    _, _, prerequisites = text.partition(": ")
-    words: list[str] = []
-    current: list[str] = []
-    index = 0
-    while index < len(prerequisites):
-        char = prerequisites[index]
-        following = prerequisites[index + 1:index + 2]
-        if char == "\\" and following in (" ", "#", "\\"):
-            current.append(following)
-            index += 2
-            continue
-        if char == "$" and following == "$":
-            current.append("$")
-            index += 2
-            continue
-        if char in " \t\n":
-            if current:
-                words.append("".join(current))
-                current = []
-        else:
-            current.append(char)
-        index += 1
-    if current:
-        words.append("".join(current))
-    return [w for w in words if not w.endswith(":")]
 
 
 def _ninja_deps(build_directory: str) -> dict[str, list[str]]:
@@ -454,7 +192,7 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
         import traceback
 
         traceback.print_exc()
-    stragglers = stop_stragglers()  # before anything reads the build folder: none of them writes there now
+    stragglers = support.stop_stragglers()  # before anything reads the build folder: none of them writes there now
     if stragglers:
         print(f"cpp_extension_tools: killed {len(stragglers)} process(es) of the build still running after "
               f"ninja ended: {stragglers}", flush=True)
@@ -474,21 +212,35 @@ def _signal_cause(error: BaseException) -> str:
 def _build_with_torch(spec: dict[str, Any], result: dict[str, Any]) -> None:
     cuda_cflags = list(spec["cuda_cflags"])
     if spec["with_cuda"]:
-        os.environ["TORCH_CUDA_ARCH_LIST"] = result["cuda_arch_list"] = _resolve_cuda_arch_list()
-        cuda_cflags += _device_arch_flags(cuda_cflags, result["cuda_arch_list"])
+        os.environ["TORCH_CUDA_ARCH_LIST"] = result["cuda_arch_list"] = _cuda_arch_list()
+        cuda_cflags += _cuda.device_arch_flags(cuda_cflags, result["cuda_arch_list"])
     import torch.utils.cpp_extension as cpp_extension
 
     _escape_torch_ninja_files(cpp_extension)
     cpp_extension.load(
-        name=spec["name"], sources=with_unique_object_names(spec["sources"], spec["build_directory"]),
+        name=spec["name"], sources=support.with_unique_object_names(spec["sources"], spec["build_directory"]),
         extra_cflags=spec["cflags"],
         extra_cuda_cflags=cuda_cflags, extra_ldflags=spec["ldflags"],
         extra_include_paths=spec["include_paths"], build_directory=spec["build_directory"],
         verbose=True, with_cuda=spec["with_cuda"], is_python_module=False)
 
 
+def _cuda_arch_list() -> str:
+    """The arch list to build for (this process may initialize CUDA: the caller must not); says a fallback."""
+    import torch
+
+    arch_list, source = _cuda.cuda_arch_list(torch)
+    if arch_list is None:
+        raise RuntimeError("no GPU is visible and TORCH_CUDA_ARCH_LIST is not set; set it to the "
+                           "architectures to build for, e.g. TORCH_CUDA_ARCH_LIST='8.0;9.0'")
+    if source not in ("TORCH_CUDA_ARCH_LIST", "visible GPUs"):
+        print(f"cpp_extension_tools: no GPU visible; building for torch's own architectures {arch_list}",
+              flush=True)
+    return arch_list
+
+
 def _escape_torch_ninja_files(cpp_extension: Any) -> None:
-    """Make torch's load() write a build.ninja that means what its paths say (see escape_ninja_text)."""
+    """Make torch's load() write a build.ninja that means what its paths say (see _worker_support.escape_ninja_text)."""
     write = getattr(cpp_extension, "_write_ninja_file", None)
     if write is None:
         return
@@ -497,7 +249,7 @@ def _escape_torch_ninja_files(cpp_extension: Any) -> None:
         write(path, *args, **kwargs)
         with open(path, encoding="utf-8") as f:
             text = f.read()
-        escaped = escape_ninja_text(text)
+        escaped = support.escape_ninja_text(text)
         if escaped != text:
             with open(path, "w", encoding="utf-8") as f:
                 f.write(escaped)
@@ -505,42 +257,12 @@ def _escape_torch_ninja_files(cpp_extension: Any) -> None:
     cpp_extension._write_ninja_file = write_escaped
 
 
-# Variables torch writes whose values are flags and paths, never references to ninja variables.
-_NINJA_VALUE_LINES = ("cxx = ", "nvcc = ", "sycl = ", "cflags = ", "post_cflags = ", "cuda_cflags = ",
-                      "cuda_post_cflags = ", "cuda_dlink_post_cflags = ", "sycl_cflags = ", "sycl_post_cflags = ",
-                      "sycl_dlink_post_cflags = ", "ldflags = ")
-
-
-def escape_ninja_text(text: str) -> str:
-    """torch's build.ninja with the characters ninja would misread escaped.
-
-    torch escapes only spaces in paths: a "$" in a source path or flag made ninja expand a variable
-    (silently compiling another file), and a ":" in a path ended the list of outputs. Here every
-    "$" that is not torch's own "$ " becomes "$$", and ":" in build statements' paths "$:".
-    """
-    import re  # not for CPU builds' worker: the caller escapes their file
-
-    unescaped_dollar = re.compile(r"\$(?! )")
-    lines = []
-    for line in text.splitlines(keepends=True):
-        if line.startswith(_NINJA_VALUE_LINES):
-            name, value = line.split(" = ", 1)
-            line = f"{name} = {value.replace('$', '$$')}"
-        elif line.startswith("build ") and ": " in line:
-            outputs, rest = line[len("build "):].split(": ", 1)
-            rule, _, inputs = rest.partition(" ")
-            outputs, inputs = (unescaped_dollar.sub("$$", part).replace(":", "$:") for part in (outputs, inputs))
-            line = f"build {outputs}: {rule} {inputs}" if inputs else f"build {outputs}: {rule}"
-        lines.append(line)
-    return "".join(lines)
-
-
 def main() -> int:
     spec_path, result_path, parent_pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
     _die_with_parent(parent_pid)
     with open(spec_path, encoding="utf-8") as f:
         spec = json.load(f)
-    leftovers = claim_build_folder(spec["build_directory"])
+    leftovers = support.claim_build_folder(spec["build_directory"])
     if leftovers:
         print(f"cpp_extension_tools: killed {len(leftovers)} process(es) left running by an earlier, killed "
               f"build in this folder: {leftovers}", flush=True)
@@ -549,7 +271,7 @@ def main() -> int:
 
         logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
     result = build(spec)
-    release_build_folder(spec["build_directory"])
+    support.release_build_folder(spec["build_directory"])
     sys.stdout.flush()
     temporary = f"{result_path}.tmp-{os.getpid()}"
     with open(temporary, "w", encoding="utf-8") as f:

@@ -153,7 +153,7 @@ def _build_in(config: BuildConfig, toolchain: Toolchain, build_folder: str, know
     log_path = os.path.join(build_folder, "build.log")
     logger.info("building %s (%d source%s) in %s", config.name, len(request.sources),
                 "" if len(request.sources) == 1 else "s", build_folder)
-    from ._build_worker import with_unique_object_names
+    from ._worker_support import with_unique_object_names
 
     ninja_only = prepare_ninja_file(request, build_folder,
                                     with_unique_object_names(list(request.sources), build_folder), driver)
@@ -531,7 +531,7 @@ def _log_progress(line: str, verbose: bool) -> None:
 
 def _stop_worker(process: subprocess.Popen[bytes]) -> None:
     """Stop the worker and everything it started (the session it leads: ninja, the compilers), then reap it."""
-    from ._build_worker import kill_session
+    from ._worker_support import kill_session
 
     kill_session(process.pid)
     with contextlib.suppress(subprocess.TimeoutExpired):

@@ -117,7 +117,7 @@ def _human_value(key: str, value: Any) -> str:
 
 
 def _cuda_target_text(target: str) -> str:
-    """_probe.cuda_target()'s "arch_list:8.0 9.0" or "gpus:<names>[;visible=<devices>]" in words."""
+    """_cuda.cuda_target()'s "arch_list:8.0 9.0" or "gpus:<names>[;visible=<devices>]" in words."""
     kind, _, rest = target.partition(":")
     if kind == "arch_list":
         return f"{rest or 'none'} (TORCH_CUDA_ARCH_LIST)"

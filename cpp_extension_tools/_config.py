@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import _probe
+from . import _cpu, _cuda, _identity
 from ._arguments import BuildRequest
-from ._flags import uses_native_cpu
+from ._cpu import uses_native_cpu
 from ._hashing import digest_value
 from ._version import __version__
 
@@ -64,18 +64,18 @@ def make_config(request: BuildRequest) -> BuildConfig:
     """The configuration and its key: nothing here runs or looks up a compiler (a warm cache needs none)."""
     with_cuda = request.with_cuda
     environment: dict[str, Any] = {
-        "torch": _probe.torch_identity(),
-        "python": _probe.python_identity(),
+        "torch": _identity.torch_identity(),
+        "python": _identity.python_identity(),
         "cxx": configured_compiler("CXX", "c++"),
         "compiler_environment": compiler_environment(with_cuda),
     }
     if "c" in request.languages:
         environment["cc"] = configured_compiler("CC", "cc")
     if uses_native_cpu(request.cflags) or (with_cuda and uses_native_cpu(request.cuda_cflags)):
-        environment["cpu"] = _probe.cpu_fingerprint()
+        environment["cpu"] = _cpu.cpu_fingerprint()
     if with_cuda:
         environment["nvcc"] = {var: os.environ.get(var) for var in NVCC_VARIABLES}
-        environment["cuda_target"] = _probe.cuda_target()
+        environment["cuda_target"] = _cuda.cuda_target()
         if os.environ.get("CC"):
             # nvcc gets "-ccbin $CC" from torch: the host compiler is then part of the build.
             environment["cuda_host_cc"] = configured_compiler("CC", "cc")

@@ -1,9 +1,9 @@
 """What ``cpp-extension-tools info`` reports: the environment a build depends on, as a JSON-ready dict.
 
-Unlike _probe, this module is for people debugging a setup, never for the
-warm path: it runs the compilers (``--version``), asks torch about CUDA
-devices and walks the whole cache. Each probe is a small function so tests
-can monkeypatch it; a probe that fails reports None rather than raising.
+The gatherer of the ``info`` command only, never on the warm path: it asks
+_identity, _cpu and _cuda (which own that knowledge), runs the compilers
+(``--version``), lets torch initialize CUDA and walks the whole cache. A
+section that cannot be learned reports None rather than raising.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 import sysconfig
 from typing import Any
 
-from . import _probe, _settings
+from . import _cpu, _cuda, _identity, _settings
 from ._fsutil import tree_size
 from ._inventory import visible_modules
 from ._root import resolve_root
@@ -50,7 +50,7 @@ def settings_info() -> dict[str, Any]:
 
 
 def torch_info() -> dict[str, Any]:
-    identity = _probe.torch_identity()
+    identity = _identity.torch_identity()
     return {"version": identity["version"], "git_version": identity["git_version"],
             "cuda": identity["cuda"], "cxx11_abi": int(identity["cxx11_abi"])}
 
@@ -65,7 +65,7 @@ def compiler_info(env_var: str, default: str) -> dict[str, Any]:
     """The compiler ``env_var`` names (or ``default``): its command, resolved path and version line."""
     command = os.environ.get(env_var) or default
     try:
-        compiler = _probe.resolve_compiler(env_var, default)
+        compiler = _identity.resolve_compiler(env_var, default)
     except FileNotFoundError:
         return {"command": command, "path": None, "version": None}
     output = run_output([compiler.path, *compiler.words[1:], "--version"])
@@ -73,7 +73,7 @@ def compiler_info(env_var: str, default: str) -> dict[str, Any]:
 
 
 def nvcc_info() -> dict[str, Any]:
-    path = _probe.find_nvcc()
+    path = _cuda.find_nvcc()
     if path is None:
         return {"path": None, "version": None}
     output = run_output([path, "--version"])
@@ -82,65 +82,17 @@ def nvcc_info() -> dict[str, Any]:
 
 
 def cpu_info() -> dict[str, Any]:
-    return {"machine": platform.machine(), "model_name": cpu_model_name(),
-            "march_native": march_native(), "fingerprint": _probe.cpu_fingerprint()}
-
-
-def cpu_model_name() -> str | None:
-    """The "model name" of the first processor in /proc/cpuinfo (absent on some ARM machines)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                field, _, value = line.partition(":")
-                if field.strip() == "model name":
-                    return value.strip()
-    except OSError:
-        pass
-    return None
-
-
-def march_native() -> str | None:
-    """What ``-march=native`` means to the C++ compiler (gcc's ``-Q --help=target``); None if unknown."""
-    try:
-        compiler = _probe.resolve_compiler("CXX", "c++")
-    except FileNotFoundError:
-        return None
-    output = run_output([compiler.path, *compiler.words[1:], "-march=native", "-Q", "--help=target"])
-    for line in (output or "").splitlines():
-        words = line.split()
-        if len(words) == 2 and words[0] == "-march=":
-            return words[1]
-    return None
+    return {"machine": platform.machine(), "model_name": _cpu.cpu_model_name(),
+            "march_native": _cpu.march_native(_TIMEOUT_S), "fingerprint": _cpu.cpu_fingerprint()}
 
 
 def cuda_info() -> dict[str, Any]:
-    reason = _probe.cuda_unavailable_reason()
-    arch_list, source = cuda_arch_list()
-    return {"available": reason is None, "unavailable_reason": reason, "target": _probe.cuda_target(),
-            "arch_list": arch_list, "arch_list_source": source}
-
-
-def cuda_arch_list() -> tuple[str | None, str | None]:
-    """The CUDA architectures a build would target, and where that list comes from.
-
-    The same order as the build worker: TORCH_CUDA_ARCH_LIST, else the visible
-    GPUs, else the architectures torch was built for (the newest with PTX).
-    """
-    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        return os.environ["TORCH_CUDA_ARCH_LIST"], "TORCH_CUDA_ARCH_LIST"
     import torch
 
-    if torch.version.cuda is None:
-        return None, None
-    if torch.cuda.is_available():
-        capabilities = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
-        return ";".join(f"{major}.{minor}" for major, minor in capabilities), "visible GPUs"
-    from ._build_worker import torch_arch_list
-
-    archs = torch_arch_list(torch)
-    if not archs:
-        return None, None
-    return ";".join(archs), "torch build (no GPU visible)"
+    reason = _cuda.cuda_unavailable_reason()
+    arch_list, source = _cuda.cuda_arch_list(torch)
+    return {"available": reason is None, "unavailable_reason": reason, "target": _cuda.cuda_target(),
+            "arch_list": arch_list, "arch_list_source": source}
 
 
 def cache_info(root: str) -> dict[str, Any]:

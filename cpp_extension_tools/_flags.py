@@ -1,16 +1,12 @@
-"""Default compiler flags, and questions asked about flag lists."""
+"""Default compiler flags, and the paths in flag lists made absolute.
+
+The portable flags of prebuilt binaries, and what a flag list says about the
+CPU (``-march``), are CPU knowledge: they live in _cpu.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-__all__ = ["PORTABLE_CPU_BASELINES", "absolute_path_flags",
-           "get_default_cpp_cflags", "get_default_cuda_cflags", "get_portable_cpp_cflags",
-           "get_portable_cuda_cflags", "portable_cpu_baseline", "target_cpu", "uses_native_cpu"]
-
-# What prebuilt binaries (wheels) are compiled for, by platform.machine(): x86-64-v2 (SSE4.2,
-# POPCNT; every x86-64 CPU since about 2009) is what RHEL 9 and most distributions now require.
-PORTABLE_CPU_BASELINES = {"x86_64": "x86-64-v2", "aarch64": "armv8-a"}
+__all__ = ["absolute_path_flags", "get_default_cpp_cflags", "get_default_cuda_cflags"]
 
 
 def get_default_cpp_cflags() -> list[str]:
@@ -27,55 +23,6 @@ def get_default_cuda_cflags() -> list[str]:
     """Flags for nvcc: optimized device code, host code tuned for this CPU."""
     # No --use_fast_math: it changes numerical results, which a default must not do.
     return ["-O3", "-Xcompiler", "-march=native", "-Xcompiler", "-Wall", "-lineinfo"]
-
-
-def portable_cpu_baseline() -> str:
-    """The -march of prebuilt binaries on this platform (see PORTABLE_CPU_BASELINES)."""
-    import platform
-
-    machine = platform.machine()
-    if machine not in PORTABLE_CPU_BASELINES:
-        raise ValueError(f"no portable CPU baseline is defined for {machine!r}; pass explicit flags "
-                         f"(known: {', '.join(sorted(PORTABLE_CPU_BASELINES))})")
-    return PORTABLE_CPU_BASELINES[machine]
-
-
-def get_portable_cpp_cflags() -> list[str]:
-    """Flags for prebuilt binaries: like the defaults, but for a CPU baseline instead of this CPU."""
-    return ["-O3", f"-march={portable_cpu_baseline()}", "-Wall", "-Wextra", "-fno-strict-aliasing"]
-
-
-def get_portable_cuda_cflags() -> list[str]:
-    """nvcc flags for prebuilt binaries (host code for the CPU baseline)."""
-    return ["-O3", "-Xcompiler", f"-march={portable_cpu_baseline()}", "-Xcompiler", "-Wall", "-lineinfo"]
-
-
-def target_cpu(flags: Iterable[str]) -> str | None:
-    """The CPU the flags compile for: the value of the last ``-march=`` (the one the compiler uses), or None."""
-    marches = [flag.split("=", 1)[1] for flag in flags if flag.startswith("-march=")]
-    return marches[-1] if marches else None
-
-
-def uses_native_cpu(flags: Iterable[str]) -> bool:
-    """True when the flags tune code for the building machine (``-march=native`` and friends)."""
-    return any(flag in _NATIVE_FLAGS for flag in _expand_nvcc_host_flags(flags))
-
-
-_NATIVE_FLAGS = frozenset({"-march=native", "-mcpu=native", "-mtune=native"})
-
-
-def _expand_nvcc_host_flags(flags: Iterable[str]) -> list[str]:
-    # nvcc passes host flags as "-Xcompiler -march=native" or
-    # "-Xcompiler=-march=native,-O3": look inside both forms.
-    expanded: list[str] = []
-    for flag in flags:
-        for prefix in ("-Xcompiler=", "--compiler-options="):
-            if flag.startswith(prefix):
-                expanded.extend(flag[len(prefix):].split(","))
-                break
-        else:
-            expanded.extend(flag.split(","))
-    return expanded
 
 
 # Flags whose value is a path, attached ("-Iinc") or as the next word ("-isystem inc").

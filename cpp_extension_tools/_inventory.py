@@ -28,8 +28,8 @@ import stat
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ._cpu import target_cpu
 from ._errors import ManifestError
-from ._flags import target_cpu
 from ._fsutil import TEMP_MARKER, tree_size
 from ._manifest import Manifest, read_manifest
 from ._store import ModuleStore, last_used, module_names

@@ -133,8 +133,8 @@ def _with_compiler(text: str, driver: str) -> str | None:
         return None
     lines[compiler_lines[0]] = f"cxx = {shlex.quote(driver)}\n"
     # Depfiles stay beside their objects (no "deps = gcc"): ninja's own depfile parser misreads paths
-    # with quote characters, so the build worker reads them itself (_build_worker.parse_depfile).
+    # with quote characters, so the build worker reads them itself (_worker_support.parse_depfile).
     lines = [line for line in lines if line.strip() != "deps = gcc"]
-    from ._build_worker import escape_ninja_text
+    from ._worker_support import escape_ninja_text
 
     return escape_ninja_text("".join(lines))

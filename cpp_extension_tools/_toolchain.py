@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-from . import _probe, _settings
+from . import _cuda, _identity, _settings
 from ._arguments import BuildRequest
 from ._errors import BuildError
 from ._manifest import ToolRecord
@@ -31,8 +31,8 @@ logger = logging.getLogger("cpp_extension_tools")
 class Toolchain:
     """The tools one build runs, as resolved when it started."""
 
-    cxx: _probe.CompilerIdentity
-    cc: _probe.CompilerIdentity | None  # None without C sources
+    cxx: _identity.CompilerIdentity
+    cc: _identity.CompilerIdentity | None  # None without C sources
     nvcc: str | None  # as found: PYTORCH_NVCC (a command line, maybe with a launcher) or a path; None without CUDA
     nvcc_line: str | None  # nvcc as a command line for build.ninja: PYTORCH_NVCC as it is, else the quoted path
     cuda_home: str | None  # the CUDA toolkit; None without CUDA
@@ -70,8 +70,8 @@ def resolve_toolchain(request: BuildRequest) -> Toolchain:
     naming the variable when a compiler is missing.
     """
     nvcc, cuda_home = _cuda_tools(request.name) if request.with_cuda else (None, None)
-    cxx = _probe.resolve_compiler("CXX", "c++")
-    cc = _probe.resolve_compiler("CC", "cc") if "c" in request.languages else None
+    cxx = _identity.resolve_compiler("CXX", "c++")
+    cc = _identity.resolve_compiler("CC", "cc") if "c" in request.languages else None
     launcher = _compiler_launcher(request.name, request.verbose)
     nvcc_line = None if nvcc is None else nvcc if os.environ.get("PYTORCH_NVCC") else shlex.quote(nvcc)
     records = [_record("cxx", cxx.path), _record("cc", cc.path) if cc else None,
@@ -88,7 +88,7 @@ def _cuda_tools(name: str) -> tuple[str, str | None]:
             f"cannot build {name!r} with CUDA: torch {torch.__version__} is a CPU-only build (torch.version.cuda "
             "is None), and torch.utils.cpp_extension compiles .cu files only with a CUDA build of torch. "
             "Install a CUDA build of torch, or leave the .cu sources out on this machine.", name=name)
-    cuda_home = _probe.find_cuda_home()
+    cuda_home = _cuda.find_cuda_home()
     # find_nvcc's rule, applied to the toolkit just found rather than finding it a second time.
     nvcc = os.environ.get("PYTORCH_NVCC") or (os.path.join(cuda_home, "bin", "nvcc") if cuda_home else None)
     if nvcc is None:

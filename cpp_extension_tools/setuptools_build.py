@@ -74,7 +74,7 @@ class PrebuiltExtension:
 
 def build_prebuilt(extension: PrebuiltExtension, output_folder: str) -> str:
     """Compile ``extension`` with portable flags into ``output_folder``; returns the binary's path."""
-    from ._flags import uses_native_cpu
+    from ._cpu import uses_native_cpu
     from ._prebuilt import prebuilt_record
 
     request = _portable_request(extension)
@@ -103,7 +103,7 @@ def build_prebuilt(extension: PrebuiltExtension, output_folder: str) -> str:
 
 def _portable_request(extension: PrebuiltExtension) -> BuildRequest:
     """The extension's request, checked as any call's is, with the portable flags as its defaults."""
-    from ._flags import get_portable_cpp_cflags, get_portable_cuda_cflags
+    from ._cpu import get_portable_cpp_cflags, get_portable_cuda_cflags
 
     return validated_request(
         extension.name, list(extension.sources), list(extension.include_paths),
@@ -113,8 +113,7 @@ def _portable_request(extension: PrebuiltExtension) -> BuildRequest:
 
 
 def _cpu_baseline(cflags: Sequence[str]) -> str:
-    from ._flags import target_cpu
-    from ._prebuilt import BASELINE_FEATURES
+    from ._cpu import BASELINE_FEATURES, target_cpu
 
     march = target_cpu(cflags)
     if march not in BASELINE_FEATURES:
@@ -125,17 +124,14 @@ def _cpu_baseline(cflags: Sequence[str]) -> str:
 
 def _portable_arch_list() -> str:
     """TORCH_CUDA_ARCH_LIST if set, else every arch torch was built for, the newest also as PTX."""
-    configured = os.environ.get("TORCH_CUDA_ARCH_LIST")
-    if configured:
-        return configured
     import torch
 
-    from ._build_worker import torch_arch_list
+    from ._cuda import cuda_arch_list
 
-    archs = torch_arch_list(torch)
-    if not archs:
+    arch_list, _ = cuda_arch_list(torch, visible_gpus=False)
+    if arch_list is None:
         raise ValueError("cannot tell which GPU architectures to build for: set TORCH_CUDA_ARCH_LIST")
-    return ";".join(archs)
+    return arch_list
 
 
 @contextlib.contextmanager

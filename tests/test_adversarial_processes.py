@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from cpp_extension_tools import _build_worker
+from cpp_extension_tools import _build_worker, _worker_support
 from tests.conftest import CompilerLog, last_json, write_module
 from tests.test_reliability_processes import Proc, _alive, _command_name, _kill_tree, _stat, _tree
 
@@ -170,7 +170,7 @@ def test_worker_reports_ninja_killed_by_a_signal_and_kills_its_commands(tmp_path
     assert time.monotonic() - started < 30  # the worker did not wait for the orphaned command
     assert _all_dead(commands) == [], output
     assert not (folder / "out.o").exists()
-    assert not (folder / _build_worker.SESSION_FILE).exists()
+    assert not (folder / _worker_support.SESSION_FILE).exists()
 
 
 def test_a_command_left_running_after_ninja_exits_is_killed(tmp_path: Path) -> None:
@@ -197,8 +197,8 @@ def _foreign_session(cwd: Path) -> subprocess.Popen[bytes]:
 def _record(folder: Path, process: subprocess.Popen[bytes], **changes: Any) -> None:
     stat = _stat(process.pid)
     assert stat is not None
-    record = {"session": process.pid, "start": stat[2], **_build_worker._machine_identity(), **changes}
-    (folder / _build_worker.SESSION_FILE).write_text(json.dumps(record))
+    record = {"session": process.pid, "start": stat[2], **_worker_support._machine_identity(), **changes}
+    (folder / _worker_support.SESSION_FILE).write_text(json.dumps(record))
 
 
 @pytest.mark.parametrize("case", ["recorded", "leader_gone", "pid_reused", "other_boot", "elsewhere"])
@@ -215,14 +215,14 @@ def test_next_worker_kills_what_an_earlier_session_left_in_its_folder(tmp_path: 
         if case == "leader_gone":  # the worker was SIGKILLed: its compilers live on in its session
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
-        killed = _build_worker.claim_build_folder(str(folder))
+        killed = _worker_support.claim_build_folder(str(folder))
         survivors = [proc for proc in members if _alive(proc)]
         if case in ("recorded", "leader_gone"):
             assert _all_dead(members) == []
             assert len(killed) == len(members) - (case == "leader_gone")
         else:
             assert killed == [] and len(survivors) == len(members)
-        assert not (folder / _build_worker.SESSION_FILE).exists()  # read once; this process leads no session
+        assert not (folder / _worker_support.SESSION_FILE).exists()  # read once; this process leads no session
     finally:
         _kill_tree(process.pid)
         process.wait()

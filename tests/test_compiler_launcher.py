@@ -201,11 +201,11 @@ KERNEL = textwrap.dedent("""\
 def _cuda_skip_reason() -> str | None:
     import torch
 
-    from cpp_extension_tools import _probe
+    from cpp_extension_tools import _cuda
 
     if torch.version.cuda is None:
         return "CPU-only torch"
-    return "no nvcc" if _probe.find_nvcc() is None else None
+    return "no nvcc" if _cuda.find_nvcc() is None else None
 
 
 @pytest.mark.cuda_build
@@ -215,9 +215,9 @@ def test_nvcc_compiles_go_through_the_launcher(tmp_path: Path, cache_root: Path,
     reason = _cuda_skip_reason()
     if reason:
         pytest.skip(reason)
-    from cpp_extension_tools import _probe
+    from cpp_extension_tools import _cuda, _identity
 
-    nvcc = _probe.find_nvcc()
+    nvcc = _cuda.find_nvcc()
     assert nvcc is not None
     if user_nvcc:  # the user's own nvcc command, which the launcher goes in front of
         wrapper = tmp_path / "nvcc wrapper"
@@ -236,7 +236,7 @@ def test_nvcc_compiles_go_through_the_launcher(tmp_path: Path, cache_root: Path,
     assert os.environ.get("PYTORCH_NVCC") == nvcc_before
     compiled = {call[call.index("-c") + 1]: call[1] for call in launcher.calls()}
     assert len(launcher.calls()) == len(compiled) == len(sources)
-    cc = _probe.resolve_compiler("CC", "cc").path
+    cc = _identity.resolve_compiler("CC", "cc").path
     assert compiled == {source: nvcc if source.endswith(".cu") else cc for source in sources}
 
     # Without the launcher, the same artifact: nvcc's identity in the key is the user's, not the launched one.

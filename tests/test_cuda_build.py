@@ -9,12 +9,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cpp_extension_tools import _probe, cached_load_torch_cpp_extension  # noqa: E402
+from cpp_extension_tools import _cuda, cached_load_torch_cpp_extension  # noqa: E402
 
 pytestmark = [
     pytest.mark.cuda_build,
     pytest.mark.skipif(torch.version.cuda is None, reason="CPU-only torch"),
-    pytest.mark.skipif(_probe.find_nvcc() is None, reason="no nvcc"),
+    pytest.mark.skipif(_cuda.find_nvcc() is None, reason="no nvcc"),
 ]
 
 KERNEL = textwrap.dedent("""\
@@ -70,7 +70,7 @@ def test_arch_list_change_rebuilds_the_cuda_part(tmp_path: Path, monkeypatch: py
     (tmp_path / "tools").mkdir()
     nvcc_log = tmp_path / "tools" / "nvcc.log"
     wrapper = tmp_path / "tools" / "nvcc-logged"
-    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {nvcc_log}\nexec {_probe.find_nvcc()} "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {nvcc_log}\nexec {_cuda.find_nvcc()} "$@"\n')
     wrapper.chmod(0o755)
     monkeypatch.setenv("PYTORCH_NVCC", str(wrapper))
     (tmp_path / "module.c").write_text(MODULE)
@@ -89,7 +89,7 @@ def test_arch_list_change_rebuilds_the_cuda_part(tmp_path: Path, monkeypatch: py
 
 
 def test_cuda_home_is_a_real_toolkit() -> None:
-    home = _probe.find_cuda_home()
+    home = _cuda.find_cuda_home()
     assert home is not None
     assert Path(home, "bin", "nvcc").exists()
     assert any(Path(home, lib, "libcudart.so").exists() for lib in ("lib64", "lib"))

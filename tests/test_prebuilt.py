@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 import torch
 
-from cpp_extension_tools import BuildError, _prebuilt, _probe, cached_load_torch_cpp_extension, get_portable_cpp_cflags
+from cpp_extension_tools import (
+    BuildError,
+    _cpu,
+    _cuda,
+    _identity,
+    _prebuilt,
+    cached_load_torch_cpp_extension,
+    get_portable_cpp_cflags,
+)
 from cpp_extension_tools.setuptools_build import PrebuiltExtension, build_prebuilt
 from tests.conftest import REPO, CompilerLog, write_module
 
@@ -40,7 +48,7 @@ def _build_prebuilt(tmp_path: Path, name: str, value: int) -> tuple[list[str], P
 # -- the rules -------------------------------------------------------------------
 
 def _record(**changes: Any) -> dict[str, Any]:
-    record = {"format": 1, "name": "m", "torch": _probe.torch_identity(), "python": _probe.python_identity(),
+    record = {"format": 1, "name": "m", "torch": _identity.torch_identity(), "python": _identity.python_identity(),
               "cpu_baseline": "x86-64", "with_cuda": False, "cuda_archs": None}
     record.update(changes)
     return record
@@ -50,17 +58,17 @@ def test_a_binary_is_usable_only_with_the_same_torch_python_and_a_capable_cpu(
         monkeypatch: pytest.MonkeyPatch) -> None:
     assert _prebuilt.unusable_reason(_record(), "m") == ""
     assert "another module" in _prebuilt.unusable_reason(_record(), "other")
-    other_torch = {**_probe.torch_identity(), "version": "1.0.0"}
+    other_torch = {**_identity.torch_identity(), "version": "1.0.0"}
     assert "torch 1.0.0" in _prebuilt.unusable_reason(_record(torch=other_torch), "m")
-    other_abi = {**_probe.torch_identity(), "cxx11_abi": not _probe.torch_identity()["cxx11_abi"]}
+    other_abi = {**_identity.torch_identity(), "cxx11_abi": not _identity.torch_identity()["cxx11_abi"]}
     assert "cxx11_abi" in _prebuilt.unusable_reason(_record(torch=other_abi), "m")
-    other_python = {**_probe.python_identity(), "ext_suffix": ".cpython-39-x86_64-linux-gnu.so"}
+    other_python = {**_identity.python_identity(), "ext_suffix": ".cpython-39-x86_64-linux-gnu.so"}
     assert "cpython-39" in _prebuilt.unusable_reason(_record(python=other_python), "m")
 
-    monkeypatch.setattr(_probe, "cpu_features", lambda: frozenset({"sse4_2", "popcnt"}))
+    monkeypatch.setattr(_cpu, "cpu_features", lambda: frozenset({"sse4_2", "popcnt"}))
     reason = _prebuilt.unusable_reason(_record(cpu_baseline="x86-64-v2"), "m")
     assert "x86-64-v2" in reason and "ssse3" in reason
-    monkeypatch.setattr(_probe, "cpu_features", lambda: _prebuilt.BASELINE_FEATURES["x86-64-v3"])
+    monkeypatch.setattr(_cpu, "cpu_features", lambda: _cpu.BASELINE_FEATURES["x86-64-v3"])
     assert _prebuilt.unusable_reason(_record(cpu_baseline="x86-64-v3"), "m") == ""
     assert "avx512f" in _prebuilt.unusable_reason(_record(cpu_baseline="x86-64-v4"), "m")
     assert "unknown baseline" in _prebuilt.unusable_reason(_record(cpu_baseline="native"), "m")
@@ -68,11 +76,11 @@ def test_a_binary_is_usable_only_with_the_same_torch_python_and_a_capable_cpu(
 
 def test_cuda_code_needs_ptx_or_a_known_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _prebuilt.unusable_reason(_record(with_cuda=True, cuda_archs="8.0;9.0+PTX"), "m") == ""
-    monkeypatch.setattr(_prebuilt, "_initialized_device_capability", lambda: None)
+    monkeypatch.setattr(_cuda, "_initialized_device_capability", lambda: None)
     assert "not known" in _prebuilt.unusable_reason(_record(with_cuda=True, cuda_archs="8.0;9.0"), "m")
-    monkeypatch.setattr(_prebuilt, "_initialized_device_capability", lambda: "9.0")
+    monkeypatch.setattr(_cuda, "_initialized_device_capability", lambda: "9.0")
     assert _prebuilt.unusable_reason(_record(with_cuda=True, cuda_archs="8.0;9.0"), "m") == ""
-    monkeypatch.setattr(_prebuilt, "_initialized_device_capability", lambda: "8.6")
+    monkeypatch.setattr(_cuda, "_initialized_device_capability", lambda: "8.6")
     assert "8.6" in _prebuilt.unusable_reason(_record(with_cuda=True, cuda_archs="8.0;9.0"), "m")
     assert "unrecorded" in _prebuilt.unusable_reason(_record(with_cuda=True, cuda_archs=None), "m")
 
@@ -228,7 +236,7 @@ def test_torch_arch_list_comes_from_torchs_build_flags_with_ptx_for_the_newest()
     """Shared by builds without a GPU, prebuilt wheels and `info`: torch's own flags, no GPU needed."""
     from types import SimpleNamespace
 
-    from cpp_extension_tools._build_worker import torch_arch_list
+    from cpp_extension_tools._cuda import torch_arch_list
 
     def fake(flags: str) -> Any:
         return SimpleNamespace(_C=SimpleNamespace(_cuda_getArchFlags=lambda: flags))

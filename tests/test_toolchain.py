@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cpp_extension_tools import BuildError, _loader, _probe, cached_load_torch_cpp_extension
+from cpp_extension_tools import BuildError, _cuda, _identity, _loader, cached_load_torch_cpp_extension
 from cpp_extension_tools._arguments import validated_request
 from cpp_extension_tools._toolchain import resolve_toolchain
 from tests.conftest import CompilerLog, write_module
@@ -18,14 +18,17 @@ from tests.conftest import CompilerLog, write_module
 CPP_SOURCE = 'extern "C" long cpp_part(void) { return 7; }\n'
 
 
+_HOMES = {"resolve_compiler": _identity, "find_nvcc": _cuda, "find_cuda_home": _cuda}
+
+
 def _counting(monkeypatch: pytest.MonkeyPatch, calls: Counter[str], name: str) -> None:
-    real: Callable[..., Any] = getattr(_probe, name)
+    real: Callable[..., Any] = getattr(_HOMES[name], name)
 
     def counted(*args: Any) -> Any:
         calls[f"{name}{args}"] += 1
         return real(*args)
 
-    monkeypatch.setattr(_probe, name, counted)
+    monkeypatch.setattr(_HOMES[name], name, counted)
 
 
 def test_one_cold_build_resolves_each_compiler_once_and_a_hit_none(tmp_path: Path, cache_root: Path,
@@ -102,7 +105,7 @@ def test_cuda_tools_are_resolved_once_into_the_build_environment(tmp_path: Path,
         _counting(monkeypatch, calls, name)
     toolchain = resolve_toolchain(request)
     assert calls == {"resolve_compiler('CXX', 'c++')": 1, "find_cuda_home()": 1}
-    assert toolchain.nvcc == _probe.find_nvcc()  # what find_nvcc says, from the toolkit found once
+    assert toolchain.nvcc == _cuda.find_nvcc()  # what find_nvcc says, from the toolkit found once
     assert (toolchain.nvcc, toolchain.cuda_home, toolchain.cc) == (str(nvcc), str(home), None)
     assert [(r.role, r.path) for r in toolchain.records] == [("cxx", compilers.cxx), ("nvcc", str(nvcc))]
     assert toolchain.version_commands()["nvcc"] == [str(nvcc)]

@@ -1,0 +1,92 @@
+"""The build worker script stays stdlib-only, and the CUDA arch list has one precedence for all its users."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from cpp_extension_tools import _build_worker, _cuda
+
+PACKAGE = Path(_build_worker.__file__).parent
+# The modules the worker imports from beside its script: written for it, standard library only.
+WORKER_SIBLINGS = {"_cuda", "_worker_support"}
+
+
+def _imported_names(path: Path) -> set[str]:
+    """Top-level names of every module ``path`` imports, in functions too; siblings' relative imports by name."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # "from . import _cuda" names the module, "from ._cuda import x" too
+                names |= {node.module.split(".")[0]} if node.module else {alias.name for alias in node.names}
+            else:
+                names.add(str(node.module).split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("module", ["_build_worker", *sorted(WORKER_SIBLINGS)])
+def test_the_worker_and_its_siblings_import_only_the_standard_library_and_each_other(module: str) -> None:
+    allowed = set(sys.stdlib_module_names) | WORKER_SIBLINGS | {"__future__"}
+    if module != "_worker_support":
+        allowed.add("torch")  # inside the functions of the torch mode
+    imported = _imported_names(PACKAGE / f"{module}.py")
+    assert imported - allowed == set()
+    if module in WORKER_SIBLINGS:  # and they do not import each other
+        assert imported & WORKER_SIBLINGS == set()
+
+
+def test_the_worker_script_loads_without_the_package_and_imports_only_stdlib_modules() -> None:
+    """As the library runs it (``python -S <script>``): no site-packages, no package, even with PYTHONSAFEPATH."""
+    check = f"""
+import json, runpy, sys
+before = set(sys.modules)
+runpy.run_path({_build_worker.__file__!r}, run_name="worker_import_check")
+new = sorted(name.split(".")[0] for name in set(sys.modules) - before)
+print(json.dumps(sorted(set(new) - set(sys.stdlib_module_names))))
+"""
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONSAFEPATH": "1"}
+    result = subprocess.run([sys.executable, "-S", "-c", check], capture_output=True, text=True, env=env,
+                            cwd="/", timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert set(json.loads(result.stdout)) == WORKER_SIBLINGS
+
+
+def _fake_torch(cuda: str | None, capabilities: list[tuple[int, int]], arch_flags: str) -> Any:
+    return SimpleNamespace(
+        version=SimpleNamespace(cuda=cuda),
+        cuda=SimpleNamespace(is_available=lambda: bool(capabilities), device_count=lambda: len(capabilities),
+                             get_device_capability=lambda i: capabilities[i]),
+        _C=SimpleNamespace(_cuda_getArchFlags=lambda: arch_flags))
+
+
+def test_the_arch_list_comes_from_the_setting_then_the_visible_gpus_then_torchs_build(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One precedence for the build worker, ``info`` and prebuilt wheels (which skip the GPUs)."""
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    gpus = _fake_torch("12.8", [(9, 0), (8, 0), (9, 0)], "sm_75 sm_80")
+    assert _cuda.cuda_arch_list(gpus) == ("8.0;9.0", "visible GPUs")
+    assert _cuda.cuda_arch_list(gpus, visible_gpus=False) == ("7.5;8.0+PTX", "torch build")
+    no_gpu = _fake_torch("12.8", [], "sm_75 sm_80")
+    assert _cuda.cuda_arch_list(no_gpu) == ("7.5;8.0+PTX", "torch build (no GPU visible)")
+    assert _cuda.cuda_arch_list(_fake_torch("12.8", [], "")) == (None, None)
+    assert _cuda.cuda_arch_list(_fake_torch(None, [], "")) == (None, None)  # a CPU-only torch
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.6")
+    assert _cuda.cuda_arch_list(gpus) == ("8.6", "TORCH_CUDA_ARCH_LIST")
+    assert _cuda.cuda_arch_list(gpus, visible_gpus=False) == ("8.6", "TORCH_CUDA_ARCH_LIST")
+
+
+def test_device_flags_follow_the_arch_list_unless_the_user_chose_architectures() -> None:
+    assert _cuda.device_arch_flags(["-O3", "-Xcompiler", "-march=native"], "8.0;9.0+PTX") == [
+        "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+        "-gencode=arch=compute_90,code=compute_90"]
+    assert _cuda.device_arch_flags(["-gencode=arch=compute_70,code=sm_70"], "8.0") == []
