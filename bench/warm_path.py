@@ -1,11 +1,16 @@
 """The warm call alone, against its floor, in fresh processes: ``python -m bench.warm_path [--repeat N]``.
 
-Builds the bench's 8-source C module once into a temporary cache, then alternates fresh processes
-that (a) call ``cached_load_torch_cpp_extension`` on the warm cache and (b) import the same artifact
-with importlib (the floor: dlopen plus module init). torch is imported before the clock starts in
-both. Prints the medians and their ratio; ``--json`` prints them as one JSON line. Only the public
-API is used, so the same script measures an older checkout (put it first on PYTHONPATH) for a
-before/after comparison in the same conditions.
+Builds the bench's 8-source C module (``--sources N``: N sources) once into a temporary cache, then
+alternates fresh processes that (a) call ``cached_load_torch_cpp_extension`` on the warm cache and
+(b) import the same artifact with importlib (the floor: dlopen plus module init). torch is imported
+before the clock starts in both. Prints the medians and their ratio; ``--json`` prints them as one
+JSON line. Only the public API is used, so the same script measures an older checkout (put it first
+on PYTHONPATH) for a before/after comparison in the same conditions.
+
+``--breakdown`` times the warm call's phases instead, with the library's internal functions (so it
+follows their names, not the public API): in each fresh process every phase runs once in order (the
+first call's cost, with its one-time work: lazy imports, per-process caches, the dlopen), then each
+phase alone many times (its steady cost). Prints the medians over the processes of both, in µs.
 """
 
 from __future__ import annotations
@@ -48,6 +53,59 @@ print(json.dumps({"call_s": end - start}))
 """
 
 
+# The warm call's phases, in its order, with the library's internal functions; "load" (the trusted open, the
+# binary's check, the dlopen and the use stamp) runs once per process: a module loads once.
+_BREAKDOWN = """
+import json, os, statistics, sys, time
+import torch
+from cpp_extension_tools import _api, _hashing, _loader, _root, _store, _trust
+from cpp_extension_tools._manifest import MANIFEST_NAME, read_manifest
+sources, include, iterations = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+state = {}
+
+def arguments():
+    state["arguments"] = _api._validated_arguments("bench_ext", sources, [include], None, None, (), False, None)
+def key():
+    state["config"] = state["arguments"].config()
+def root():
+    state["store"] = _store.ModuleStore(_root.resolve_root(None), "bench_ext")
+def manifest():
+    store, config = state["store"], state["config"]
+    state["folder"] = os.path.join(store.artifacts_folder, _store.read_hint(store._latest_path(config)))
+    state["manifest"] = read_manifest(os.path.join(state["folder"], MANIFEST_NAME))
+def stats():
+    m = state["manifest"]
+    assert all(_hashing.file_matches(r) for r in m.inputs) and not m.changed_folder() and not m.changed_tool()
+def find():
+    state["found"], _ = state["store"].find(state["config"])
+def load():
+    state["module"] = _api._load(state["store"], state["config"], state["found"])
+def trust():
+    store = state["store"]
+    os.close(_trust.open_trusted(store.root, store.library_path(state["found"])))
+def note_use():
+    state["store"].note_use(state["found"])
+def memo_hit():
+    assert _loader.memo_get(state["store"].folder, state["config"].key) is not None
+def public_call():
+    _api.cached_load_torch_cpp_extension("bench_ext", sources, extra_include_paths=[include])
+
+def timed(phase):
+    start = time.perf_counter()
+    phase()
+    return (time.perf_counter() - start) * 1e6
+
+first = {name: timed(phase) for name, phase in [
+    ("arguments", arguments), ("key", key), ("root", root), ("hint + manifest read", manifest),
+    ("stats of inputs, folders, tools", stats), ("store.find", find), ("load", load)]}
+steady = {name: statistics.median(timed(phase) for _ in range(iterations)) for name, phase in [
+    ("arguments", arguments), ("key", key), ("root", root), ("hint + manifest read", manifest),
+    ("stats of inputs, folders, tools", stats), ("store.find", find), ("trust", trust), ("note use", note_use),
+    ("memo hit", memo_hit), ("public call (memo hit)", public_call)]}
+print(json.dumps({"first_us": first, "steady_us": steady}))
+"""
+
+
 def _run(code: str, *args: str, env: dict[str, str]) -> dict[str, float | str]:
     # cwd: the scratch folder, so that PYTHONPATH (not this checkout) decides which library is measured.
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=env, capture_output=True,
@@ -56,9 +114,9 @@ def _run(code: str, *args: str, env: dict[str, str]) -> dict[str, float | str]:
     return result
 
 
-def measure(repeat: int) -> dict[str, float]:
+def measure(repeat: int, sources: int = 8) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="cet_warm_") as scratch:
-        files = write_module(Path(scratch) / "src", 8)
+        files = write_module(Path(scratch) / "src", sources)
         env = dict(os.environ, CACHED_CPP_EXTENSION_BUILD_DIR=str(Path(scratch) / "cache"))
         os.makedirs(env["CACHED_CPP_EXTENSION_BUILD_DIR"], mode=0o700)
         args = (json.dumps(files.sources), str(files.folder))
@@ -72,7 +130,39 @@ def measure(repeat: int) -> dict[str, float]:
             ours.append(float(_run(_CALL, *args, env=env)["call_s"]) * 1e3)
             floor.append(float(_run(_FLOOR, library, env=env)["call_s"]) * 1e3)
     return {"warm_call_ms": statistics.median(ours), "floor_ms": statistics.median(floor),
-            "ratio": statistics.median(ours) / statistics.median(floor), "repeat": repeat}
+            "ratio": statistics.median(ours) / statistics.median(floor), "repeat": repeat, "sources": sources}
+
+
+def breakdown(repeat: int, iterations: int, sources: int = 8) -> dict[str, dict[str, float]]:
+    """Median µs per phase: {"first_us": {phase: first run}, "steady_us": {phase: steady run}}."""
+    with tempfile.TemporaryDirectory(prefix="cet_warm_") as scratch:
+        files = write_module(Path(scratch) / "src", sources)
+        env = dict(os.environ, CACHED_CPP_EXTENSION_BUILD_DIR=str(Path(scratch) / "cache"))
+        os.makedirs(env["CACHED_CPP_EXTENSION_BUILD_DIR"], mode=0o700)
+        args = (json.dumps(files.sources), str(files.folder))
+        _run(_CALL, *args, env=env)  # the cold build
+        _run_phases(args, 10, env)  # page cache and .pyc writes settle
+        runs = [_run_phases(args, iterations, env) for _ in range(repeat)]
+    return {part: {phase: statistics.median(run[part][phase] for run in runs) for phase in runs[0][part]}
+            for part in ("first_us", "steady_us")}
+
+
+def _run_phases(args: tuple[str, str], iterations: int, env: dict[str, str]) -> dict[str, dict[str, float]]:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(_BREAKDOWN), *args, str(iterations)], env=env,
+                         capture_output=True, text=True, check=True, cwd=env["CACHED_CPP_EXTENSION_BUILD_DIR"]).stdout
+    result: dict[str, dict[str, float]] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def _print_breakdown(result: dict[str, dict[str, float]], repeat: int, iterations: int) -> None:
+    first, steady = result["first_us"], result["steady_us"]
+    print(f"warm call phases, µs (medians of {repeat} fresh processes; steady: median of {iterations} runs)")
+    print(f"{'phase':<34}{'first call':>12}{'steady':>10}")
+    for phase in dict.fromkeys([*first, *steady]):
+        cells = [f"{table[phase]:.1f}" if phase in table else "-" for table in (first, steady)]
+        print(f"{phase:<34}{cells[0]:>12}{cells[1]:>10}")
+    print("first call = arguments + key + root + store.find (its hint + manifest read, and stats, run once before "
+          "it) + load (trust, the binary's check, dlopen and init, note use)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,13 +170,25 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=21, help="fresh processes per side (default 21)")
     parser.add_argument("--json", action="store_true", help="one JSON line instead of a sentence")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="time each phase of the warm call with the library's internal functions")
+    parser.add_argument("--iterations", type=int, default=2000, help="steady runs per phase (--breakdown)")
+    parser.add_argument("--sources", type=int, default=8, help="sources of the module (default 8)")
     args = parser.parse_args(argv)
-    result = measure(args.repeat)
+    if args.breakdown:
+        phases = breakdown(args.repeat, args.iterations, args.sources)
+        if args.json:
+            print(json.dumps(phases))
+        else:
+            _print_breakdown(phases, args.repeat, args.iterations)
+        return 0
+    result = measure(args.repeat, args.sources)
     if args.json:
         print(json.dumps(result))
     else:
         print(f"warm call {result['warm_call_ms']:.3f} ms, floor (importlib of the artifact) "
-              f"{result['floor_ms']:.3f} ms, ratio {result['ratio']:.2f} (medians of {args.repeat})")
+              f"{result['floor_ms']:.3f} ms, ratio {result['ratio']:.2f} (medians of {args.repeat}"
+              f"{'' if args.sources == 8 else f'; {args.sources} sources'})")
     return 0
 
 

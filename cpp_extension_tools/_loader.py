@@ -11,9 +11,9 @@ from types import ModuleType
 from ._forksafe import ForkSafeLock
 from ._hashing import file_matches
 from ._manifest import Manifest
-from ._trust import open_trusted
+from ._trust import open_trusted, open_trusted_stat
 
-__all__ = ["import_extension", "import_from_fd", "memo_get", "memo_put", "open_trusted"]
+__all__ = ["import_extension", "import_from_fd", "memo_get", "memo_put", "open_trusted", "open_trusted_stat"]
 
 logger = logging.getLogger("cpp_extension_tools")
 
@@ -44,7 +44,7 @@ def import_extension(name: str, path: str) -> ModuleType:
     return _exec_extension(name, path)
 
 
-def import_from_fd(name: str, fd: int, path: str) -> ModuleType:
+def import_from_fd(name: str, fd: int, path: str, info: os.stat_result | None = None) -> ModuleType:
     """Import the extension module ``name`` from the open binary ``fd`` (from :func:`open_trusted`).
 
     The dynamic loader opens ``/proc/self/fd/<fd>``, the very file that was checked, whatever has
@@ -52,7 +52,8 @@ def import_from_fd(name: str, fd: int, path: str) -> ModuleType:
     process as the name under which the library stays loaded (one descriptor per distinct binary
     loaded; loading the same file again reuses it). ``path`` is the binary's real path, shown as
     the module's ``__file__``. Without /proc (a chroot or a container without it), ``path`` is
-    loaded by name instead, as :func:`import_extension` does.
+    loaded by name instead, as :func:`import_extension` does. ``info``: the fstat of ``fd`` when the
+    caller has it (:func:`open_trusted_stat`), which saves a system call.
     """
     import torch  # noqa: F401  # the binary links to torch's libraries, loaded by this import
 
@@ -61,20 +62,21 @@ def import_from_fd(name: str, fd: int, path: str) -> ModuleType:
         logger.debug("/proc/self/fd is not available; loading %s by its path", path)
         return _exec_extension(name, path)
     # Stays pinned even when the import fails: dlopen may have succeeded (a missing PyInit_ function).
-    module = _exec_extension(name, f"/proc/self/fd/{_pin(fd)}")
+    module = _exec_extension(name, f"/proc/self/fd/{_pin(fd, info)}")
     module.__file__ = path
     if module.__spec__ is not None:
         module.__spec__.origin = path
     return module
 
 
-def _pin(fd: int) -> int:
+def _pin(fd: int, info: os.stat_result | None) -> int:
     """The descriptor number under which the file open at ``fd`` is loaded; ``fd`` is closed if not that."""
-    try:
-        info = os.fstat(fd)
-    except BaseException:
-        os.close(fd)
-        raise
+    if info is None:
+        try:
+            info = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
     with _pinned_lock:
         pinned = _pinned.setdefault((info.st_dev, info.st_ino), fd)
     if pinned != fd:

@@ -26,11 +26,12 @@ from . import _settings
 from ._errors import UnsafeCacheError
 
 __all__ = ["SHARED_CACHE_ENV", "binary_mode", "check_trusted", "data_file_mode", "file_mode", "folder_mode",
-           "open_trusted", "shared_cache"]
+           "open_trusted", "open_trusted_stat", "shared_cache"]
 
 SHARED_CACHE_ENV = _settings.SHARED_CACHE.name
 
-_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# O_PATH: the root is only looked up in and fstat-ed, never read (Linux; elsewhere an ordinary open).
+_ROOT_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # NONBLOCK: a planted FIFO cannot hang us
 
 
@@ -92,10 +93,25 @@ def check_trusted(root: str, path: str) -> None:
 def open_trusted(root: str, path: str) -> int:
     """Open the binary ``path`` (inside ``root``) for loading; return a descriptor the caller closes.
 
-    Every level is opened relative to the descriptor of the level above, then checked with fstat
-    (the rules of :func:`check_trusted`): the descriptor returned is the file that was checked, and
-    loading through it (``_loader.import_from_fd``) cannot be redirected by renaming any folder.
-    Entries below the root are never followed when they are symlinks; the root may be one.
+    See :func:`open_trusted_stat`, which also returns the binary's fstat.
+    """
+    return open_trusted_stat(root, path)[0]
+
+
+def open_trusted_stat(root: str, path: str) -> tuple[int, os.stat_result]:
+    """Open the binary ``path`` (inside ``root``) for loading: (a descriptor the caller closes, its fstat).
+
+    The root is opened and checked with fstat, then every level below it is checked (the rules of
+    :func:`check_trusted`) by its name relative to that descriptor, top first, and the binary is
+    opened relative to it too: the descriptor returned is the file that was checked, and loading
+    through it (``_loader.import_from_fd``) cannot be redirected by renaming any folder. Entries
+    below the root are never followed when they are symlinks; the root may be one.
+
+    Checking a level by name and then opening through it is safe because of the order: a level is
+    looked at only after its parent passed, and a folder that passed is one only this user (or root,
+    or in a shared cache the group) can change, so nobody else can replace the next level between the
+    check and the open. (One lookup per level and one open, instead of an open, an fstat and a close
+    per level: the warm path's system calls.)
 
     The root's own parents need no check. Whatever the path of the root resolves to, the opened
     folder must be owned by this user (or by root, or in a shared cache by an account of a group
@@ -109,19 +125,24 @@ def open_trusted(root: str, path: str) -> int:
     """
     parts = _parts_below(root, path)
     shared = shared_cache()
-    fd = os.open(root, _DIRECTORY_FLAGS)
+    euid = os.geteuid()
+    root_fd = os.open(root, _ROOT_FLAGS)
     try:
-        _check_fd(fd, root, path, shared)
-        for index, name in enumerate(parts):
-            last = index == len(parts) - 1
-            child = _open_level(fd, name, os.path.join(root, *parts[:index + 1]), path, last)
-            os.close(fd)
-            fd = child
-            _check_fd(fd, os.path.join(root, *parts[:index + 1]), path, shared)
-        return fd
+        _check_info(os.fstat(root_fd), root, path, shared, euid)
+        for index in range(1, len(parts)):
+            _check_folder_level(root_fd, os.sep.join(parts[:index]), root, path, shared, euid)
+        fd = _open_binary(root_fd, os.sep.join(parts), path)
+    finally:
+        os.close(root_fd)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImportError(f"cannot load {path}: it is not a regular file", path=path)
+        _check_info(info, path, path, shared, euid)
     except BaseException:
         os.close(fd)
         raise
+    return fd, info
 
 
 def _parts_below(root: str, path: str) -> list[str]:
@@ -133,35 +154,41 @@ def _parts_below(root: str, path: str) -> list[str]:
     return parts
 
 
-def _open_level(parent_fd: int, name: str, level: str, path: str, last: bool) -> int:
+def _check_folder_level(root_fd: int, relative: str, root: str, path: str, shared: bool, euid: int) -> None:
+    level = os.path.join(root, relative)
     try:
-        return os.open(name, _FILE_FLAGS if last else _DIRECTORY_FLAGS | os.O_NOFOLLOW, dir_fd=parent_fd)
+        info = os.stat(relative, dir_fd=root_fd, follow_symlinks=False)
     except OSError as error:
-        if error.errno not in (errno.ELOOP, errno.ENOTDIR):
-            error.filename = level
+        error.filename = level
+        raise
+    if stat.S_ISLNK(info.st_mode):  # a link's own mode is 0777: say what it is
+        raise UnsafeCacheError(_message(level, "is a symbolic link", path))
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", level)
+    _check_info(info, level, path, shared, euid)
+
+
+def _open_binary(root_fd: int, relative: str, path: str) -> int:
+    try:
+        return os.open(relative, _FILE_FLAGS, dir_fd=root_fd)
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            error.filename = path
             raise
-        # O_NOFOLLOW answers ELOOP for a symlink (ENOTDIR with O_DIRECTORY on some kernels): say which.
-        try:
-            info = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-        except OSError:
-            raise error from None
-        if stat.S_ISLNK(info.st_mode):
-            raise UnsafeCacheError(_message(level, "is a symbolic link", path)) from None
-        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", level) from None
+        # O_NOFOLLOW answers ELOOP for a symlink (the levels above were checked: it is the binary's own name).
+        raise UnsafeCacheError(_message(path, "is a symbolic link", path)) from None
 
 
-def _check_fd(fd: int, level: str, path: str, shared: bool) -> None:
-    info = os.fstat(fd)
-    if level == path and not stat.S_ISREG(info.st_mode):
-        raise ImportError(f"cannot load {path}: it is not a regular file", path=path)
-    problem = _problem(info, shared)
+def _check_info(info: os.stat_result, level: str, path: str, shared: bool, euid: int) -> None:
+    problem = _problem(info, shared, euid)
     if problem is not None:
         raise UnsafeCacheError(_message(level, problem, path))
 
 
-def _problem(info: os.stat_result, shared: bool) -> str | None:
+def _problem(info: os.stat_result, shared: bool, euid: int | None = None) -> str | None:
     mode = info.st_mode
-    euid = os.geteuid()
+    if euid is None:
+        euid = os.geteuid()
     if info.st_uid not in (euid, 0):
         if not shared:
             return f"is owned by uid {info.st_uid}, not by this user (uid {euid})"
