@@ -58,15 +58,15 @@ print(json.dumps({"call_s": end - start}))
 _BREAKDOWN = """
 import json, os, statistics, sys, time
 import torch
-from cpp_extension_tools import _api, _hashing, _loader, _root, _store, _trust
+from cpp_extension_tools import _api, _arguments, _config, _hashing, _loader, _root, _store, _trust
 from cpp_extension_tools._manifest import MANIFEST_NAME, read_manifest
 sources, include, iterations = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 state = {}
 
 def arguments():
-    state["arguments"] = _api._validated_arguments("bench_ext", sources, [include], None, None, (), False, None)
+    state["arguments"] = _arguments.validated_request("bench_ext", sources, [include], None, None, (), False, None)
 def key():
-    state["config"] = state["arguments"].config()
+    state["config"] = _config.make_config(state["arguments"])
 def root():
     state["store"] = _store.ModuleStore(_root.resolve_root(None), "bench_ext")
 def manifest():

@@ -21,7 +21,7 @@ from ._loader import import_extension, import_from_fd, memo_get, memo_put
 from ._manifest import Manifest
 from ._root import resolve_root
 from ._store import FailureSnapshot, ModuleStore, sources_digest
-from ._trust import open_trusted
+from ._trust import open_trusted_stat
 
 if TYPE_CHECKING:
     from ._toolchain import Toolchain  # resolved on the cold path only
@@ -169,16 +169,15 @@ class _BinaryChanged(ImportError):
 def _load(store: ModuleStore, config: BuildConfig, manifest: Manifest) -> ModuleType:
     """Load the artifact's binary: the file checked (trust and content) is the file dlopen maps."""
     path = store.library_path(manifest)
-    fd = open_trusted(store.root, path)
+    fd, st = open_trusted_stat(store.root, path)
     try:
-        st = os.fstat(fd)
         if not manifest.library.stat_matches(st) and (
                 st.st_size != manifest.library.size or digest_fd(fd) != manifest.library.sha256):
             raise _BinaryChanged(f"{path} differs from its manifest", name=config.name, path=path)
     except BaseException:
         os.close(fd)
         raise
-    module = import_from_fd(config.name, fd, path)
+    module = import_from_fd(config.name, fd, path, st)
     memo_put(store.folder, config.key, module, manifest)
     store.note_use(manifest)
     return module

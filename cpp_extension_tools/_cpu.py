@@ -67,11 +67,16 @@ def _detected_cpu_fingerprint() -> str:
 
 
 def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
-            return f.read(64).decode("ascii", "replace").strip()
+    try:  # os.open, not open(): 3 system calls instead of 7, on every call that tunes for the CPU
+        fd = os.open("/proc/sys/kernel/random/boot_id", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return ""
+    try:
+        return os.read(fd, 64).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 def _fingerprint_file() -> str:

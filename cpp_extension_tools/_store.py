@@ -173,13 +173,18 @@ class ModuleStore:
         return None, reason
 
     def _verify(self, folder: str, config: BuildConfig, repair: bool) -> tuple[Manifest | None, str]:
-        manifest, why, damaged = self._inspect(folder, config)
+        manifest, why, damaged = self._inspect(folder, config, check_library=repair)
         if damaged:
             self._report_damage(folder, why, repair)
         return manifest, why
 
-    def _inspect(self, folder: str, config: BuildConfig) -> tuple[Manifest | None, str, bool]:
-        """Verify one artifact folder: (its manifest if usable, why not, whether it is damaged)."""
+    def _inspect(self, folder: str, config: BuildConfig, check_library: bool) -> tuple[Manifest | None, str, bool]:
+        """Verify one artifact folder: (its manifest if usable, why not, whether it is damaged).
+
+        Without ``check_library`` (the warm path) the binary is not looked at: the loader checks the file it
+        opens against the manifest anyway, and a mismatch there sends the call to the locked lookup, which
+        checks it here and repairs.
+        """
         try:
             manifest = read_manifest(os.path.join(folder, MANIFEST_NAME))
         except ManifestError as e:
@@ -199,7 +204,7 @@ class ModuleStore:
         if changed:
             return None, changed, False
         library = os.path.join(folder, manifest.library_file)
-        if not _library_intact(library, manifest.library):
+        if check_library and not _library_intact(library, manifest.library):
             return None, f"the cached binary {library} is damaged (it differs from its manifest)", True
         return manifest, "", False  # trust is checked where it is loaded, on the file it loads
 
@@ -490,8 +495,8 @@ def last_used(artifact_folder: str, created_at: float) -> float:
 def note_use(artifact_folder: str, created_at: float) -> None:
     """Record a load of the artifact: one stat, and a write at most once per USE_STAMP_INTERVAL."""
     now = time.time()
-    if now - last_used(artifact_folder, created_at) < USE_STAMP_INTERVAL:
-        return
+    if now - created_at < USE_STAMP_INTERVAL or now - last_used(artifact_folder, created_at) < USE_STAMP_INTERVAL:
+        return  # the first test needs no stat: last_used is never older than the creation
     path = os.path.join(artifact_folder, LAST_USED_FILE)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, file_mode())
