@@ -337,7 +337,7 @@ def _environment_variables_read() -> set[str]:
     from cpp_extension_tools._config import COMPILER_VARIABLES, CUDA_COMPILER_VARIABLES
 
     found = set(COMPILER_VARIABLES + CUDA_COMPILER_VARIABLES)  # read by the compilers, and in the key
-    for path in [*(REPO / "cpp_extension_tools").glob("*.py"), *(REPO / "example_package").glob("*.py")]:
+    for path in [*(REPO / "cpp_extension_tools").rglob("*.py"), *(REPO / "example_package").glob("*.py")]:
         for groups in pattern.findall(path.read_text(encoding="utf-8")):
             found.update(g for g in groups if g)
     return found - set(NOT_SETTINGS)
@@ -395,6 +395,93 @@ def test_api_page_documents_every_public_name() -> None:
 def test_readme_links_to_the_docs() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "](docs/" in readme and "./dev.sh docs" in readme
+
+
+# The architecture page names the code in code spans: a module by its dotted path in the package
+# (`_cache.store`, the file cpp_extension_tools/_cache/store.py), a function, class or method after it
+# (`_cache.store.ModuleStore.find`), a file or folder of the package (`_build/worker.py`, `_env/`) or of
+# the repository (`bench/warm_path.py`), a test as `tests/test_x.py::test_name`. Each must exist.
+PACKAGE = REPO / "cpp_extension_tools"
+_IN_PACKAGE = re.compile(r"_[a-z]\w*(?:\.\w+)*")
+_PACKAGE_PATH = re.compile(r"_[a-z]\w*/(?:[\w/]+\.py)?")
+_REPO_PATH = re.compile(r"(?:cpp_extension_tools|bench|tests|docs)/[\w/.-]+")
+_TEST = re.compile(r"(tests/test_\w+\.py)::(test_\w+)")
+
+
+def _members(body: list[ast.stmt]) -> dict[str, ast.stmt]:
+    """The functions, classes and assigned names a module or class body defines."""
+    found: dict[str, ast.stmt] = {}
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            found[node.name] = node
+        elif isinstance(node, ast.Assign):
+            found.update((t.id, node) for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            found[node.target.id] = node
+    return found
+
+
+def _missing_in_package(dotted: str) -> str | None:
+    """Why ``dotted`` (a module of the package, then names inside it) names nothing; None when it exists."""
+    parts = dotted.split(".")
+    for size in range(len(parts), 0, -1):
+        base = PACKAGE.joinpath(*parts[:size])
+        path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+        if path.is_file():
+            break
+    else:
+        return f"no module cpp_extension_tools.{parts[0]}"
+    body: list[ast.stmt] = ast.parse(path.read_text(encoding="utf-8")).body
+    for name in parts[size:]:
+        node = _members(body).get(name)
+        if node is None:
+            return f"{path.relative_to(REPO)} defines no {name!r} (looking for {dotted})"
+        body = node.body if isinstance(node, ast.ClassDef) else []
+    return None
+
+
+def _missing_test(path: str, name: str) -> str | None:
+    file = REPO / path
+    if not file.is_file():
+        return f"no file {path}"
+    defined = {node.name for node in ast.walk(ast.parse(file.read_text(encoding="utf-8")))
+               if isinstance(node, ast.FunctionDef)}
+    return None if name in defined else f"{path} has no test {name}"
+
+
+def _reference(span: str) -> tuple[str, str | None] | None:
+    """(the kind of reference ``span`` is, why it names nothing or None), or None for other code spans."""
+    test = _TEST.fullmatch(span)
+    if test:
+        return "test", _missing_test(test[1], test[2])
+    if _IN_PACKAGE.fullmatch(span):
+        return "code", _missing_in_package(span)
+    if _PACKAGE_PATH.fullmatch(span):
+        return "code", None if (PACKAGE / span).exists() else f"no {span} in cpp_extension_tools/"
+    if _REPO_PATH.fullmatch(span):
+        return "file", None if (REPO / span).exists() else f"no {span} in the repository"
+    return None
+
+
+def test_architecture_page_names_only_modules_functions_and_tests_that_exist() -> None:
+    references = [(span, found) for span in sorted(_code_spans("architecture.md"))
+                  if (found := _reference(span)) is not None]
+    kinds = [kind for _, (kind, _) in references]
+    assert kinds.count("code") >= 80 and kinds.count("test") >= 30, "the check finds the names it is for"
+    missing = [f"`{span}`: {why}" for span, (_, why) in references if why is not None]
+    assert not missing, "docs/architecture.md names what does not exist:\n" + "\n".join(missing)
+
+
+def test_architecture_reference_check_rejects_what_does_not_exist() -> None:
+    assert _reference("_api.load_request") == ("code", None)
+    assert _reference("_api._BinaryChanged") == ("code", None)
+    assert _reference("tests/test_docs.py::test_readme_links_to_the_docs") == ("test", None)
+    for span in ("_api.no_such_function", "_api._BinaryChanged.no_such_method", "_no_such_module",
+                 "_no_such_package/", "tests/test_docs.py::test_no_such_test", "tests/test_none.py::test_x",
+                 "bench/no_such_file.py"):
+        found = _reference(span)
+        assert found is not None and found[1] is not None, span
+    assert _reference("-march=native") is None and _reference("/proc/self/fd") is None
 
 
 # -- running the pages ---------------------------------------------------------------
