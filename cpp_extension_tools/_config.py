@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import _cpu, _cuda, _identity
+from . import _cpu, _identity
 from ._arguments import BuildRequest
 from ._cpu import uses_native_cpu
 from ._hashing import digest_value
@@ -75,6 +75,8 @@ def make_config(request: BuildRequest) -> BuildConfig:
         environment["cpu"] = _cpu.cpu_fingerprint()
     if with_cuda:
         environment["nvcc"] = {var: os.environ.get(var) for var in NVCC_VARIABLES}
+        from . import _cuda  # not needed by C and C++ builds, whose warm calls do not import it
+
         environment["cuda_target"] = _cuda.cuda_target()
         if os.environ.get("CC"):
             # nvcc gets "-ccbin $CC" from torch: the host compiler is then part of the build.
