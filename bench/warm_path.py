@@ -58,8 +58,11 @@ print(json.dumps({"call_s": end - start}))
 _BREAKDOWN = """
 import json, os, statistics, sys, time
 import torch
-from cpp_extension_tools import _api, _arguments, _config, _hashing, _loader, _root, _store, _trust
-from cpp_extension_tools._manifest import MANIFEST_NAME, read_manifest
+from cpp_extension_tools import _api, _arguments
+from cpp_extension_tools import _key as _config
+from cpp_extension_tools._cache import hashing as _hashing, root as _root, store as _store, trust as _trust
+from cpp_extension_tools import _loader
+from cpp_extension_tools._cache.manifest import MANIFEST_NAME, read_manifest
 sources, include, iterations = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 state = {}
 

@@ -5,15 +5,15 @@ modules that may change.
 """
 
 from ._api import cached_load_torch_cpp_extension
-from ._cpu import get_portable_cpp_cflags, get_portable_cuda_cflags
+from ._env.cpu import get_portable_cpp_cflags, get_portable_cuda_cflags
+from ._env.flags import get_default_cpp_cflags, get_default_cuda_cflags
 from ._errors import BuildError, CacheNotWritableError, LockTimeoutError, UnsafeCacheError
-from ._flags import get_default_cpp_cflags, get_default_cuda_cflags
 from ._sources import get_cpp_sources_list_from_folder
 from ._version import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._cuda import cuda_unavailable_reason
+    from ._env.cuda import cuda_unavailable_reason
 
 __all__ = [
     "BuildError",
@@ -39,7 +39,7 @@ __all__ = [
 def __getattr__(name: str) -> object:
     # The CUDA module is not needed by a warm call (nor by a C or C++ build): it is imported on first use.
     if name == "cuda_unavailable_reason":
-        from ._cuda import cuda_unavailable_reason
+        from ._env.cuda import cuda_unavailable_reason
 
         return cuda_unavailable_reason
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

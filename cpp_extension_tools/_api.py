@@ -13,18 +13,18 @@ from typing import TYPE_CHECKING
 
 from . import _settings
 from ._arguments import BuildRequest, validated_request
-from ._config import BuildConfig, make_config
+from ._cache.hashing import digest_fd
+from ._cache.manifest import Manifest
+from ._cache.root import resolve_root
+from ._cache.store import FailureSnapshot, ModuleStore, sources_digest
+from ._cache.trust import open_trusted_stat
 from ._errors import BuildError, LockTimeoutError, cache_not_writable, is_cache_write_error
 from ._forksafe import ForkSafeLock
-from ._hashing import digest_fd
+from ._key import BuildConfig, make_config
 from ._loader import import_extension, import_from_fd, memo_get, memo_put
-from ._manifest import Manifest
-from ._root import resolve_root
-from ._store import FailureSnapshot, ModuleStore, sources_digest
-from ._trust import open_trusted_stat
 
 if TYPE_CHECKING:
-    from ._toolchain import Toolchain  # resolved on the cold path only
+    from ._env.toolchain import Toolchain  # resolved on the cold path only
 
 __all__ = ["cached_load_torch_cpp_extension"]
 
@@ -119,8 +119,8 @@ def load_request(request: BuildRequest, build_directory: str | os.PathLike[str] 
 def _allow_build(config: BuildConfig, prebuilt_skipped: str, root: str, warn: bool) -> Toolchain:
     """The tools to build with; refuse to build when JIT is disabled; say why a prebuilt binary was not
     used when it costs a build."""
-    from ._prebuilt import DISABLE_JIT_ENV, jit_disabled  # not on the warm path
-    from ._toolchain import resolve_toolchain
+    from ._cache.prebuilt import DISABLE_JIT_ENV, jit_disabled  # not on the warm path
+    from ._env.toolchain import resolve_toolchain
 
     if jit_disabled():
         raise BuildError(
@@ -148,7 +148,7 @@ def _load_prebuilt(name: str, directory: str | os.PathLike[str],
     directory = os.path.abspath(os.fspath(directory))
     if not os.path.exists(os.path.join(directory, f"{name}.json")):  # the usual case outside wheels: one stat
         return None, f"no prebuilt binary for {name!r} in {directory}", False
-    from ._prebuilt import find_prebuilt
+    from ._cache.prebuilt import find_prebuilt
 
     library, why = find_prebuilt(directory, name)
     if library is None:
@@ -192,7 +192,7 @@ def _thread_lock(folder: str) -> ForkSafeLock:
 
 
 def _build_and_load(store: ModuleStore, config: BuildConfig, toolchain: Toolchain) -> ModuleType:
-    from ._locking import call_deadline, module_lock  # the slow path's modules stay out of the warm path
+    from ._cache.lock import call_deadline, module_lock  # the slow path's modules stay out of the warm path
 
     # One deadline for the whole call: waiting for this process's other threads counts too. Taking it
     # also checks every setting, before anything is written.
@@ -232,7 +232,7 @@ def _build_locked(store: ModuleStore, config: BuildConfig, toolchain: Toolchain,
                   failure_before: FailureSnapshot) -> Manifest:
     digest = sources_digest(config)
     store.raise_if_failed_since(config, failure_before, digest)
-    from ._builder import run_build
+    from ._build.run import run_build
 
     try:
         outcome = run_build(config, toolchain, store.build_folder(config))
@@ -251,7 +251,7 @@ def _build_locked(store: ModuleStore, config: BuildConfig, toolchain: Toolchain,
 
 def _prune_after_build(store: ModuleStore, config: BuildConfig, manifest: Manifest) -> None:
     """Keep the cache under CACHED_CPP_EXTENSION_MAX_SIZE, if set; never fails the build."""
-    from ._prune import prune
+    from ._cache.prune import prune
 
     max_size = _settings.MAX_SIZE.get()  # checked valid when the call's deadline was taken
     if max_size is None:

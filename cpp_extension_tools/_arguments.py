@@ -13,7 +13,7 @@ import stat
 from collections.abc import Iterable
 from typing import Any
 
-from ._flags import absolute_path_flags, get_default_cpp_cflags, get_default_cuda_cflags
+from ._env.flags import absolute_path_flags, get_default_cpp_cflags, get_default_cuda_cflags
 from ._sources import language_of
 
 __all__ = ["BuildRequest", "validated_request"]

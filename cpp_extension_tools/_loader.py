@@ -8,10 +8,10 @@ import logging
 import os
 from types import ModuleType
 
+from ._cache.hashing import file_matches
+from ._cache.manifest import Manifest
+from ._cache.trust import open_trusted, open_trusted_stat
 from ._forksafe import ForkSafeLock
-from ._hashing import file_matches
-from ._manifest import Manifest
-from ._trust import open_trusted, open_trusted_stat
 
 __all__ = ["import_extension", "import_from_fd", "memo_get", "memo_put", "open_trusted", "open_trusted_stat"]
 

@@ -104,7 +104,7 @@ def parse_interval(text: str) -> float:
 
 
 def parse_size(text: str) -> int:
-    from ._units import parse_size as parse  # not on the warm path: only a set MAX_SIZE is parsed
+    from ._cli.units import parse_size as parse  # not on the warm path: only a set MAX_SIZE is parsed
 
     return parse(text)
 

@@ -74,8 +74,8 @@ class PrebuiltExtension:
 
 def build_prebuilt(extension: PrebuiltExtension, output_folder: str) -> str:
     """Compile ``extension`` with portable flags into ``output_folder``; returns the binary's path."""
-    from ._cpu import uses_native_cpu
-    from ._prebuilt import prebuilt_record
+    from ._cache.prebuilt import prebuilt_record
+    from ._env.cpu import uses_native_cpu
 
     request = _portable_request(extension)
     if uses_native_cpu(request.cflags) or (request.with_cuda and uses_native_cpu(request.cuda_cflags)):
@@ -86,7 +86,7 @@ def build_prebuilt(extension: PrebuiltExtension, output_folder: str) -> str:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="prebuilt-") as cache, _environment(arch_list):
         from ._api import load_request  # imports torch, which setup.py may lack
-        from ._inventory import list_modules
+        from ._cache.inventory import list_modules
 
         load_request(request, build_directory=cache)
         ((artifact,),) = [m.artifacts for m in list_modules(cache, request.name)]
@@ -103,7 +103,7 @@ def build_prebuilt(extension: PrebuiltExtension, output_folder: str) -> str:
 
 def _portable_request(extension: PrebuiltExtension) -> BuildRequest:
     """The extension's request, checked as any call's is, with the portable flags as its defaults."""
-    from ._cpu import get_portable_cpp_cflags, get_portable_cuda_cflags
+    from ._env.cpu import get_portable_cpp_cflags, get_portable_cuda_cflags
 
     return validated_request(
         extension.name, list(extension.sources), list(extension.include_paths),
@@ -113,7 +113,7 @@ def _portable_request(extension: PrebuiltExtension) -> BuildRequest:
 
 
 def _cpu_baseline(cflags: Sequence[str]) -> str:
-    from ._cpu import BASELINE_FEATURES, target_cpu
+    from ._env.cpu import BASELINE_FEATURES, target_cpu
 
     march = target_cpu(cflags)
     if march not in BASELINE_FEATURES:
@@ -126,7 +126,7 @@ def _portable_arch_list() -> str:
     """TORCH_CUDA_ARCH_LIST if set, else every arch torch was built for, the newest also as PTX."""
     import torch
 
-    from ._cuda import cuda_arch_list
+    from ._env.cuda import cuda_arch_list
 
     arch_list, _ = cuda_arch_list(torch, visible_gpus=False)
     if arch_list is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cpp_extension_tools import _inputs
+from cpp_extension_tools._build import inputs as _inputs
 from tests.conftest import CompilerLog, last_json, run_python
 
 NAME = "adv_inputs"

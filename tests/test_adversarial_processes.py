@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from cpp_extension_tools import _build_worker, _worker_support
+from cpp_extension_tools._build import worker as _build_worker
+from cpp_extension_tools._build import worker_support as _worker_support
 from tests.conftest import CompilerLog, last_json, write_module
 from tests.test_reliability_processes import Proc, _alive, _command_name, _kill_tree, _stat, _tree
 

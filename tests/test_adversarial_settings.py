@@ -36,7 +36,7 @@ INVALID = [
 # Tries the cold path's first steps: the call's deadline, then the lock; reports what happened as JSON.
 _LOCK_SNIPPET = """
     import json, os, sys
-    from cpp_extension_tools._locking import call_deadline, module_lock
+    from cpp_extension_tools._cache.lock import call_deadline, module_lock
     root = {root!r}
     lock = os.path.join(root, ".lock")
     result = {{}}
@@ -120,7 +120,7 @@ def held_lock(tmp_path: Path) -> Iterator[Path]:
 _DEADLINE_SNIPPET = """
     import json, sys, time
     from cpp_extension_tools._errors import LockTimeoutError
-    from cpp_extension_tools._locking import call_deadline, module_lock
+    from cpp_extension_tools._cache.lock import call_deadline, module_lock
     free, held = sys.argv[1], sys.argv[2]
     started = time.monotonic()
     deadline = call_deadline()
@@ -155,7 +155,7 @@ def test_module_lock_ends_at_the_earlier_of_timeout_and_deadline(tmp_path: Path,
     code = f"""
         import json, time
         from cpp_extension_tools._errors import LockTimeoutError
-        from cpp_extension_tools._locking import module_lock
+        from cpp_extension_tools._cache.lock import module_lock
         started = time.monotonic()
         try:
             with module_lock({str(held_lock)!r}, {str(held_lock)!r} + ".owner", "m", "/", timeout={timeout!r},
@@ -173,7 +173,7 @@ def test_module_lock_ends_at_the_earlier_of_timeout_and_deadline(tmp_path: Path,
 def test_a_past_deadline_still_takes_a_free_lock(tmp_path: Path) -> None:
     code = f"""
         import time
-        from cpp_extension_tools._locking import module_lock
+        from cpp_extension_tools._cache.lock import module_lock
         lock = {str(tmp_path / ".lock")!r}
         with module_lock(lock, lock + ".owner", "m", "/", deadline=time.monotonic() - 100):
             print("acquired")
@@ -186,7 +186,7 @@ def test_lock_files_are_private_or_shared_with_the_group(tmp_path: Path, shared:
     code = f"""
         import os, stat
         os.umask(0o077)
-        from cpp_extension_tools._locking import module_lock
+        from cpp_extension_tools._cache.lock import module_lock
         lock = {str(tmp_path / ".lock")!r}
         with module_lock(lock, lock + ".owner", "m", "/"):
             print(oct(stat.S_IMODE(os.stat(lock).st_mode)))
@@ -199,7 +199,7 @@ def test_a_lock_that_is_a_folder_is_replaced_by_a_lock_file(tmp_path: Path) -> N
     lock = tmp_path / ".lock"
     (lock / "junk").mkdir(parents=True)
     code = f"""
-        from cpp_extension_tools._locking import module_lock
+        from cpp_extension_tools._cache.lock import module_lock
         lock = {str(lock)!r}
         with module_lock(lock, lock + ".owner", "m", "/", timeout=5):
             print("acquired")
@@ -212,7 +212,7 @@ def test_a_lock_that_is_a_folder_is_replaced_by_a_lock_file(tmp_path: Path) -> N
 def test_module_lock_refuses_a_nan_or_negative_timeout(tmp_path: Path) -> None:
     code = f"""
         import json
-        from cpp_extension_tools._locking import module_lock
+        from cpp_extension_tools._cache.lock import module_lock
         lock = {str(tmp_path / ".lock")!r}
         errors = []
         for kwargs in ({{"timeout": float("nan")}}, {{"deadline": float("nan")}}, {{"timeout": -1.0}}):

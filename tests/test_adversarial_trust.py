@@ -28,7 +28,10 @@ from typing import Any
 import pytest
 
 import cpp_extension_tools as c
-from cpp_extension_tools import _fsutil, _loader, _root, _trust
+from cpp_extension_tools import _loader
+from cpp_extension_tools._cache import fs as _fsutil
+from cpp_extension_tools._cache import root as _root
+from cpp_extension_tools._cache import trust as _trust
 from cpp_extension_tools._errors import UnsafeCacheError
 from tests.conftest import REPO, CompilerLog, last_json, run_python, write_module
 
@@ -385,8 +388,8 @@ _MEMBER = """
     try:
         if step == "lock":
             from cpp_extension_tools._errors import BuildError
-            from cpp_extension_tools._locking import module_lock
-            from cpp_extension_tools._store import ModuleStore
+            from cpp_extension_tools._cache.lock import module_lock
+            from cpp_extension_tools._cache.store import ModuleStore
             (key,) = {n.split("-")[1] for n in os.listdir(os.path.join(os.environ["CACHED_CPP_EXTENSION_BUILD_DIR"],
                                                                          "adv_ext")) if n.startswith("latest-")}
             store = ModuleStore(os.environ["CACHED_CPP_EXTENSION_BUILD_DIR"], "adv_ext")

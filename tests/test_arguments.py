@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cpp_extension_tools import BuildError, _config, cached_load_torch_cpp_extension, get_cpp_sources_list_from_folder
+from cpp_extension_tools import BuildError, cached_load_torch_cpp_extension, get_cpp_sources_list_from_folder
+from cpp_extension_tools import _key as _config
 from cpp_extension_tools._arguments import BuildRequest, validated_request
-from cpp_extension_tools._config import BuildConfig
+from cpp_extension_tools._key import BuildConfig
 from tests.conftest import write_module
 
 

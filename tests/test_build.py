@@ -252,7 +252,9 @@ def test_warm_lookup_does_not_hash_unchanged_files(tmp_path: Path, compilers: Co
     root = str(tmp_path / "cache")
     cached_load_torch_cpp_extension("hash_ext", sources, build_directory=root)
     time.sleep(0.15)
-    from cpp_extension_tools import _hashing, _loader, _store
+    from cpp_extension_tools import _loader
+    from cpp_extension_tools._cache import hashing as _hashing
+    from cpp_extension_tools._cache import store as _store
 
     monkeypatch.setattr(_loader, "_memo", {})
     hashed: list[str] = []

@@ -13,11 +13,15 @@ from typing import Any
 
 import pytest
 
-from cpp_extension_tools import _build_worker, _cuda
+from cpp_extension_tools._build import worker as _build_worker
+from cpp_extension_tools._env import cuda as _cuda
 
-PACKAGE = Path(_build_worker.__file__).parent
-# The modules the worker imports from beside its script: written for it, standard library only.
-WORKER_SIBLINGS = {"_cuda", "_worker_support"}
+PACKAGE = Path(_build_worker.__file__).parents[1]
+# The modules the worker loads from their files (written for it, standard library only), by file; how its
+# package mode imports them (relative imports, by first name); the names its script mode loads them under.
+WORKER_SIBLINGS = {"_env/cuda.py", "_build/worker_support.py"}
+SIBLING_IMPORTS = {"_env", "worker_support"}
+SCRIPT_MODE_NAMES = {"cpp_extension_tools_worker_cuda", "cpp_extension_tools_worker_support"}
 
 
 def _imported_names(path: Path) -> set[str]:
@@ -27,22 +31,22 @@ def _imported_names(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             names |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # "from . import _cuda" names the module, "from ._cuda import x" too
+            if node.level:  # "from . import worker_support" names the module, "from .._env import cuda" its package
                 names |= {node.module.split(".")[0]} if node.module else {alias.name for alias in node.names}
             else:
                 names.add(str(node.module).split(".")[0])
     return names
 
 
-@pytest.mark.parametrize("module", ["_build_worker", *sorted(WORKER_SIBLINGS)])
+@pytest.mark.parametrize("module", ["_build/worker.py", *sorted(WORKER_SIBLINGS)])
 def test_the_worker_and_its_siblings_import_only_the_standard_library_and_each_other(module: str) -> None:
-    allowed = set(sys.stdlib_module_names) | WORKER_SIBLINGS | {"__future__"}
-    if module != "_worker_support":
+    allowed = set(sys.stdlib_module_names) | SIBLING_IMPORTS | {"__future__"}
+    if module != "_build/worker_support.py":
         allowed.add("torch")  # inside the functions of the torch mode
-    imported = _imported_names(PACKAGE / f"{module}.py")
+    imported = _imported_names(PACKAGE / module)
     assert imported - allowed == set()
     if module in WORKER_SIBLINGS:  # and they do not import each other
-        assert imported & WORKER_SIBLINGS == set()
+        assert imported & SIBLING_IMPORTS == set()
 
 
 def test_the_worker_script_loads_without_the_package_and_imports_only_stdlib_modules() -> None:
@@ -58,7 +62,7 @@ print(json.dumps(sorted(set(new) - set(sys.stdlib_module_names))))
     result = subprocess.run([sys.executable, "-S", "-c", check], capture_output=True, text=True, env=env,
                             cwd="/", timeout=60, check=False)
     assert result.returncode == 0, result.stderr
-    assert set(json.loads(result.stdout)) == WORKER_SIBLINGS
+    assert set(json.loads(result.stdout)) == SCRIPT_MODE_NAMES
 
 
 def _fake_torch(cuda: str | None, capabilities: list[tuple[int, int]], arch_flags: str) -> Any:

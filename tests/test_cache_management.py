@@ -17,9 +17,9 @@ import torch
 
 from cpp_extension_tools import _api as api_module
 from cpp_extension_tools import cached_load_torch_cpp_extension
-from cpp_extension_tools._inventory import ArtifactInfo, ModuleInfo, list_modules
-from cpp_extension_tools._prune import prune, select
-from cpp_extension_tools._store import LAST_USED_FILE, last_used
+from cpp_extension_tools._cache.inventory import ArtifactInfo, ModuleInfo, list_modules
+from cpp_extension_tools._cache.prune import prune, select
+from cpp_extension_tools._cache.store import LAST_USED_FILE, last_used
 from tests.conftest import CompilerLog, last_json, run_python, write_module
 
 HOUR = 3600.0

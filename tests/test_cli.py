@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 import torch
 
-from cpp_extension_tools import __version__, _cli, _environment_info
-from cpp_extension_tools._units import format_duration, format_size, parse_age, parse_size
+from cpp_extension_tools import __version__
+from cpp_extension_tools._cli import main as _cli
+from cpp_extension_tools._cli.units import format_duration, format_size, parse_age, parse_size
+from cpp_extension_tools._env import info as _environment_info
 from tests.conftest import build_template_cache, write_module
 
 ABI = str(int(torch._C._GLIBCXX_USE_CXX11_ABI))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cpp_extension_tools import BuildError, _loader, cached_load_torch_cpp_extension
-from cpp_extension_tools._driver import write_driver
+from cpp_extension_tools._build.driver import write_driver
 from tests.conftest import CompilerLog, run_python, write_module
 
 LAUNCHER = "CACHED_CPP_EXTENSION_COMPILER_LAUNCHER"
@@ -201,7 +201,7 @@ KERNEL = textwrap.dedent("""\
 def _cuda_skip_reason() -> str | None:
     import torch
 
-    from cpp_extension_tools import _cuda
+    from cpp_extension_tools._env import cuda as _cuda
 
     if torch.version.cuda is None:
         return "CPU-only torch"
@@ -215,7 +215,8 @@ def test_nvcc_compiles_go_through_the_launcher(tmp_path: Path, cache_root: Path,
     reason = _cuda_skip_reason()
     if reason:
         pytest.skip(reason)
-    from cpp_extension_tools import _cuda, _identity
+    from cpp_extension_tools._env import cuda as _cuda
+    from cpp_extension_tools._env import identity as _identity
 
     nvcc = _cuda.find_nvcc()
     assert nvcc is not None

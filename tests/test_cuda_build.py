@@ -9,7 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cpp_extension_tools import _cuda, cached_load_torch_cpp_extension  # noqa: E402
+from cpp_extension_tools import cached_load_torch_cpp_extension  # noqa: E402
+from cpp_extension_tools._env import cuda as _cuda  # noqa: E402
 
 pytestmark = [
     pytest.mark.cuda_build,

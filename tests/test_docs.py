@@ -41,7 +41,8 @@ from typing import Any
 
 import pytest
 
-from cpp_extension_tools import _cli, _settings, cached_load_torch_cpp_extension, setuptools_build
+from cpp_extension_tools import _settings, cached_load_torch_cpp_extension, setuptools_build
+from cpp_extension_tools._cli import main as _cli
 from tests.conftest import REPO
 
 DOCS = REPO / "docs"
@@ -318,7 +319,7 @@ def test_quoted_messages_are_the_ones_the_code_prints() -> None:
 
 
 def test_quoted_message_check_rejects_a_changed_message() -> None:
-    templates = _templates(_source_of("cpp_extension_tools/_locking.py"))
+    templates = _templates(_source_of("cpp_extension_tools/_cache/lock.py"))
     good = ("waiting for the build lock of 'm' (<root>/m), held by pid 1 on host h since 2026-01-01 00:00:00 "
             "(10 s so far)")
     assert _is_message(good, templates)
@@ -334,7 +335,7 @@ def _environment_variables_read() -> set[str]:
     pattern = re.compile(r'os\.environ(?:\.get)?[\[(]"([A-Z0-9_]+)"|_ENV = "([A-Z0-9_]+)"|'
                          r'resolve_compiler\("([A-Z]+)"|\b((?:CACHED_CPP_EXTENSION|CPP_EXTENSION_TOOLS|'
                          r'EXAMPLE_PACKAGE)_[A-Z_]+)')
-    from cpp_extension_tools._config import COMPILER_VARIABLES, CUDA_COMPILER_VARIABLES
+    from cpp_extension_tools._key import COMPILER_VARIABLES, CUDA_COMPILER_VARIABLES
 
     found = set(COMPILER_VARIABLES + CUDA_COMPILER_VARIABLES)  # read by the compilers, and in the key
     for path in [*(REPO / "cpp_extension_tools").rglob("*.py"), *(REPO / "example_package").glob("*.py")]:

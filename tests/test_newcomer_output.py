@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cpp_extension_tools import _progress
+from cpp_extension_tools._build import progress as _progress
 from tests.conftest import CompilerLog, last_json, run_python, write_module
 
 NAME = "newcomer_ext"

@@ -16,15 +16,11 @@ from typing import Any
 import pytest
 import torch
 
-from cpp_extension_tools import (
-    BuildError,
-    _cpu,
-    _cuda,
-    _identity,
-    _prebuilt,
-    cached_load_torch_cpp_extension,
-    get_portable_cpp_cflags,
-)
+from cpp_extension_tools import BuildError, cached_load_torch_cpp_extension, get_portable_cpp_cflags
+from cpp_extension_tools._cache import prebuilt as _prebuilt
+from cpp_extension_tools._env import cpu as _cpu
+from cpp_extension_tools._env import cuda as _cuda
+from cpp_extension_tools._env import identity as _identity
 from cpp_extension_tools.setuptools_build import PrebuiltExtension, build_prebuilt
 from tests.conftest import REPO, CompilerLog, write_module
 
@@ -236,7 +232,7 @@ def test_torch_arch_list_comes_from_torchs_build_flags_with_ptx_for_the_newest()
     """Shared by builds without a GPU, prebuilt wheels and `info`: torch's own flags, no GPU needed."""
     from types import SimpleNamespace
 
-    from cpp_extension_tools._cuda import torch_arch_list
+    from cpp_extension_tools._env.cuda import torch_arch_list
 
     def fake(flags: str) -> Any:
         return SimpleNamespace(_C=SimpleNamespace(_cuda_getArchFlags=lambda: flags))

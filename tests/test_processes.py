@@ -289,7 +289,8 @@ def test_a_long_wait_for_the_lock_becomes_a_warning_once_a_minute(tmp_path: Path
 
     import filelock
 
-    from cpp_extension_tools import LockTimeoutError, _locking
+    from cpp_extension_tools import LockTimeoutError
+    from cpp_extension_tools._cache import lock as _locking
 
     monkeypatch.setattr(_locking, "WARN_AFTER", 0.6)  # stands for a minute
     monkeypatch.setenv("CACHED_CPP_EXTENSION_LOCK_LOG_INTERVAL", "0.2")

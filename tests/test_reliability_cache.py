@@ -25,9 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cpp_extension_tools as c
-from cpp_extension_tools import _loader, _store
+from cpp_extension_tools import _loader
+from cpp_extension_tools._cache import store as _store
+from cpp_extension_tools._cache.manifest import parse_manifest
 from cpp_extension_tools._errors import CacheNotWritableError, ManifestError, UnsafeCacheError
-from cpp_extension_tools._manifest import parse_manifest
 from tests.conftest import BuildRuns, CompilerLog, last_json, run_python, write_module
 
 NAME = "rel_ext"

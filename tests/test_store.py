@@ -12,10 +12,10 @@ import filelock
 import pytest
 
 import cpp_extension_tools
+from cpp_extension_tools._cache.inventory import list_modules, visible_modules
+from cpp_extension_tools._cache.prune import clear
+from cpp_extension_tools._cache.store import FailureSnapshot, ModuleStore, module_names
 from cpp_extension_tools._errors import BuildError
-from cpp_extension_tools._inventory import list_modules, visible_modules
-from cpp_extension_tools._prune import clear
-from cpp_extension_tools._store import FailureSnapshot, ModuleStore, module_names
 
 PACKAGE = Path(cpp_extension_tools.__file__).parent
 # The names of the layout (see _store's docstring); only the module defining ModuleStore spells them.

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
-from cpp_extension_tools import BuildError, _cuda, _identity, _loader, cached_load_torch_cpp_extension
+from cpp_extension_tools import BuildError, _loader, cached_load_torch_cpp_extension
 from cpp_extension_tools._arguments import validated_request
-from cpp_extension_tools._toolchain import resolve_toolchain
+from cpp_extension_tools._env import cuda as _cuda
+from cpp_extension_tools._env import identity as _identity
+from cpp_extension_tools._env.toolchain import resolve_toolchain
 from tests.conftest import CompilerLog, write_module
 
 CPP_SOURCE = 'extern "C" long cpp_part(void) { return 7; }\n'
@@ -83,8 +85,8 @@ def test_cuda_tools_are_resolved_once_into_the_build_environment(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from cpp_extension_tools import _builder
-    from cpp_extension_tools._config import BuildConfig
+    from cpp_extension_tools._build import run as _builder
+    from cpp_extension_tools._key import BuildConfig
 
     home = tmp_path / "cuda toolkit"
     (home / "bin").mkdir(parents=True)

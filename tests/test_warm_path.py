@@ -18,7 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cpp_extension_tools import _manifest, _trust
+from cpp_extension_tools._cache import manifest as _manifest
+from cpp_extension_tools._cache import trust as _trust
 from cpp_extension_tools._errors import UnsafeCacheError
 from tests.conftest import CompilerLog, last_json, run_python, write_module
 
@@ -201,8 +202,8 @@ def test_warm_call_imports_nothing_and_stats_each_source_a_bounded_number_of_tim
     small = _warm_call(write_module(tmp_path / "one"))
     large = _warm_call(write_module(tmp_path / "many", functions={f"f{k}": k for k in range(8)} | {"answer": 42}))
     assert large["by_call"] == [] and small["by_call"] == [], "a warm call imports nothing"
-    heavy = {"setuptools", "filelock", "torch.utils.cpp_extension", "subprocess", "cpp_extension_tools._builder",
-             "cpp_extension_tools._locking", "cpp_extension_tools._prebuilt"}
+    heavy = {"setuptools", "filelock", "torch.utils.cpp_extension", "subprocess", "cpp_extension_tools._build.run",
+             "cpp_extension_tools._cache.lock", "cpp_extension_tools._cache.prebuilt"}
     assert heavy.isdisjoint(large["by_import"]), "import cpp_extension_tools loads only what the warm call needs"
     # Validation and the manifest's check each stat a source (no read, no hash: test_processes checks that).
     n_small, n_large = 2, 10  # answer.c + module.c; f0..f7.c, answer.c and module.c

@@ -16,8 +16,11 @@ import json
 import os
 from typing import Any
 
-from . import _cpu, _cuda, _identity, _settings
-from ._version import __version__
+from .. import _settings
+from .._env import cpu as _cpu
+from .._env import cuda as _cuda
+from .._env import identity as _identity
+from .._version import __version__
 
 __all__ = ["DISABLE_JIT_ENV", "PREBUILT_FORMAT", "find_prebuilt", "jit_disabled", "prebuilt_record",
            "unusable_reason"]

@@ -28,8 +28,8 @@ import shlex
 import sysconfig
 from typing import Any
 
-from ._arguments import BuildRequest
-from ._fsutil import atomic_write_bytes
+from .._arguments import BuildRequest
+from .._cache.fs import atomic_write_bytes
 
 __all__ = ["NINJA_FILE", "prepare_ninja_file"]
 
@@ -135,6 +135,6 @@ def _with_compiler(text: str, driver: str) -> str | None:
     # Depfiles stay beside their objects (no "deps = gcc"): ninja's own depfile parser misreads paths
     # with quote characters, so the build worker reads them itself (_worker_support.parse_depfile).
     lines = [line for line in lines if line.strip() != "deps = gcc"]
-    from ._worker_support import escape_ninja_text
+    from .worker_support import escape_ninja_text
 
     return escape_ninja_text("".join(lines))

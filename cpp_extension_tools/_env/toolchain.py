@@ -17,10 +17,12 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-from . import _cuda, _identity, _settings
-from ._arguments import BuildRequest
-from ._errors import BuildError
-from ._manifest import ToolRecord
+from .. import _settings
+from .._arguments import BuildRequest
+from .._cache.manifest import ToolRecord
+from .._errors import BuildError
+from . import cuda as _cuda
+from . import identity as _identity
 
 __all__ = ["Toolchain", "resolve_toolchain"]
 

@@ -19,8 +19,8 @@ import os
 import shlex
 from collections.abc import Sequence
 
-from ._fsutil import atomic_write_bytes
-from ._trust import binary_mode
+from .._cache.fs import atomic_write_bytes
+from .._cache.trust import binary_mode
 
 __all__ = ["DEFAULT_C_STD", "write_driver"]
 

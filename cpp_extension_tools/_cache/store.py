@@ -40,15 +40,15 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from ._config import BuildConfig
-from ._errors import BuildError, ManifestError, cache_not_writable
-from ._fsutil import TEMP_MARKER, atomic_copy, atomic_write_bytes, make_dirs, remove_tree, temporary_name
-from ._hashing import FileRecord, digest_file, digest_value, file_matches, open_regular
-from ._manifest import MANIFEST_NAME, Manifest, read_manifest
-from ._trust import check_trusted, file_mode, folder_mode
+from .._errors import BuildError, ManifestError, cache_not_writable
+from .._key import BuildConfig
+from .fs import TEMP_MARKER, atomic_copy, atomic_write_bytes, make_dirs, remove_tree, temporary_name
+from .hashing import FileRecord, digest_file, digest_value, file_matches, open_regular
+from .manifest import MANIFEST_NAME, Manifest, read_manifest
+from .trust import check_trusted, file_mode, folder_mode
 
 if TYPE_CHECKING:
-    from ._builder import BuildOutcome
+    from .._build.run import BuildOutcome
 
 __all__ = ["LAST_USED_FILE", "FailureRecord", "FailureSnapshot", "ModuleStore", "last_used", "module_names",
            "note_use", "read_hint", "sources_digest"]

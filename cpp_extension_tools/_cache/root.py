@@ -19,9 +19,9 @@ import errno
 import os
 import stat
 
-from . import _settings
-from ._errors import UnsafeCacheError
-from ._trust import _private_group
+from .. import _settings
+from .._errors import UnsafeCacheError
+from .trust import _private_group
 
 __all__ = ["BUILD_DIR_ENV", "DEFAULT_ROOT_NAME", "resolve_root"]
 

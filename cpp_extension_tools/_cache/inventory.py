@@ -28,11 +28,11 @@ import stat
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ._cpu import target_cpu
-from ._errors import ManifestError
-from ._fsutil import TEMP_MARKER, tree_size
-from ._manifest import Manifest, read_manifest
-from ._store import ModuleStore, last_used, module_names
+from .._env.cpu import target_cpu
+from .._errors import ManifestError
+from .fs import TEMP_MARKER, tree_size
+from .manifest import Manifest, read_manifest
+from .store import ModuleStore, last_used, module_names
 
 __all__ = ["ArtifactInfo", "BuildFolderInfo", "ModuleInfo", "list_modules", "lock_is_held", "visible_modules"]
 

@@ -4,7 +4,7 @@ Each command is one :class:`Command` in ``COMMANDS``: its name, help text, a
 function adding its arguments and a handler ``_cmd_<name>(args) -> int``.
 Every command takes ``--json`` (also accepted before the command name): one
 JSON document on stdout for scripts; without it, aligned text for people.
-What the commands report is gathered elsewhere (_environment_info); torch is
+What the commands report is gathered elsewhere (_env/info.py); torch is
 imported only by the commands that need it, so ``--help`` stays fast.
 
 Exit status: 0 success, 1 failure (a :class:`CommandError`, or an invalid
@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from . import _settings
-from ._units import format_duration, format_size, parse_age, parse_size
-from ._version import __version__
+from .. import _settings
+from .._version import __version__
+from .units import format_duration, format_size, parse_age, parse_size
 
 __all__ = ["main"]
 
@@ -65,7 +65,7 @@ def _cmd_abi(args: argparse.Namespace) -> int:
 # -- info --------------------------------------------------------------------
 def _cmd_info(args: argparse.Namespace) -> int:
     _import_torch()  # fail with a clear message before gathering anything
-    from ._environment_info import gather_info
+    from .._env.info import gather_info
 
     info = gather_info()
     if args.json:
@@ -136,7 +136,7 @@ def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from ._inventory import visible_modules
+    from .._cache.inventory import visible_modules
 
     root = _cache_root()
     modules = visible_modules(root, args.name)  # not those clear left with nothing but their lock files
@@ -230,7 +230,7 @@ def _add_prune_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    from ._prune import prune
+    from .._cache.prune import prune
 
     if args.max_size is None and args.older_than is None and args.keep is None:
         raise CommandError("nothing to prune by: give --max-size, --older-than or --keep", status=2)
@@ -246,8 +246,8 @@ def _add_clear_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_clear(args: argparse.Namespace) -> int:
-    from ._inventory import list_modules
-    from ._prune import clear
+    from .._cache.inventory import list_modules
+    from .._cache.prune import clear
 
     root = _cache_root()
     if args.name is not None and not list_modules(root, args.name):
@@ -283,7 +283,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     import logging
     import time
 
-    from ._inventory import list_modules
+    from .._cache.inventory import list_modules
 
     _import_torch()
     _settings.check()  # every setting a build reads: one message for all invalid ones, before any import
@@ -316,7 +316,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _import_target(target: str, root: str) -> None:
-    from ._errors import BuildError
+    from .._errors import BuildError
 
     try:
         _run_target(target)
@@ -350,7 +350,7 @@ def _run_target(target: str) -> None:
 
 
 def _cache_root() -> str:
-    from ._root import resolve_root
+    from .._cache.root import resolve_root
 
     return resolve_root(None)
 

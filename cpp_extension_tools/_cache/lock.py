@@ -23,14 +23,15 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from . import _settings, _trust
-from ._errors import LockTimeoutError, cache_not_writable
-from ._fsutil import atomic_write_bytes, remove_tree, temporary_name
+from .. import _settings
+from .._errors import LockTimeoutError, cache_not_writable
+from . import trust as _trust
+from .fs import atomic_write_bytes, remove_tree, temporary_name
 
 if TYPE_CHECKING:
     import filelock
 
-    from . import _progress
+    from .._build import progress as _progress
 
 __all__ = ["LOCK_TIMEOUT_ENV", "call_deadline", "module_lock"]
 
@@ -152,7 +153,7 @@ _NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOS
 
 
 def _acquire(lock: filelock.BaseFileLock, lock_path: str, owner_path: str, what: str, wait: _Wait) -> None:
-    from . import _progress
+    from .._build import progress as _progress
 
     display = (_progress.LockWaitProgress(what, lambda: _describe_owner(owner_path))
                if _progress.enabled(verbose=False) else None)

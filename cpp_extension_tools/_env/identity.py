@@ -16,7 +16,7 @@ import shutil
 import sys
 from typing import Any
 
-from . import _settings
+from .. import _settings
 
 __all__ = ["CompilerIdentity", "python_identity", "resolve_compiler", "torch_identity"]
 

@@ -22,8 +22,8 @@ import errno
 import os
 import stat
 
-from . import _settings
-from ._errors import UnsafeCacheError
+from .. import _settings
+from .._errors import UnsafeCacheError
 
 __all__ = ["SHARED_CACHE_ENV", "binary_mode", "check_trusted", "data_file_mode", "file_mode", "folder_mode",
            "open_trusted", "open_trusted_stat", "shared_cache"]

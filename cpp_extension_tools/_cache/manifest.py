@@ -17,8 +17,8 @@ import logging
 import os
 from typing import Any
 
-from ._errors import ManifestError
-from ._hashing import FileRecord, open_regular
+from .._errors import ManifestError
+from .hashing import FileRecord, open_regular
 
 __all__ = ["MANIFEST_NAME", "FolderRecord", "Manifest", "ToolRecord", "parse_manifest", "read_manifest"]
 

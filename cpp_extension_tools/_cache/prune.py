@@ -26,14 +26,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _settings
-from ._errors import LockTimeoutError, UnsafeCacheError
-from ._fsutil import remove_tree, temporary_name
-from ._inventory import ArtifactInfo, BuildFolderInfo, ModuleInfo, list_modules, lock_is_held
-from ._locking import module_lock
-from ._store import ModuleStore
-from ._trust import check_trusted
-from ._units import format_size
+from .. import _settings
+from .._cli.units import format_size
+from .._errors import LockTimeoutError, UnsafeCacheError
+from .fs import remove_tree, temporary_name
+from .inventory import ArtifactInfo, BuildFolderInfo, ModuleInfo, list_modules, lock_is_held
+from .lock import module_lock
+from .store import ModuleStore
+from .trust import check_trusted
 
 __all__ = ["MAX_SIZE_ENV", "PruneReport", "clear", "max_size_from_env", "prune"]
 

@@ -24,35 +24,27 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from . import _progress, _settings
-from ._build_state import BuildState, invalidate_outdated, object_digests, output_signatures, read_state, save_state
-from ._config import COMPILER_VARIABLES, BuildConfig
-from ._driver import write_driver
-from ._elf import elf_problem
-from ._errors import DISK_FULL_ERRNOS, BuildError
-from ._fsutil import atomic_write_bytes, make_dirs, remove_tree
-from ._hashing import FileRecord, digest_file, record_file
-from ._inputs import (
-    SearchPath,
-    folder_listing_digest,
-    header_kind,
-    link_inputs,
-    probe_search_path,
-    searched_folders,
-    system_prefixes,
-    torch_include_folder,
-)
-from ._manifest import FolderRecord, ToolRecord
-from ._ninja_file import NINJA_FILE, prepare_ninja_file
-from ._toolchain import Toolchain
-from ._trust import data_file_mode, folder_mode
+from . import progress as _progress
+from .. import _settings
+from .state import BuildState, invalidate_outdated, object_digests, output_signatures, read_state, save_state
+from .._key import COMPILER_VARIABLES, BuildConfig
+from .driver import write_driver
+from .elf import elf_problem
+from .._errors import DISK_FULL_ERRNOS, BuildError
+from .._cache.fs import atomic_write_bytes, make_dirs, remove_tree
+from .._cache.hashing import FileRecord, digest_file, record_file
+from .inputs import SearchPath, folder_listing_digest, header_kind, link_inputs, probe_search_path, searched_folders, system_prefixes, torch_include_folder
+from .._cache.manifest import FolderRecord, ToolRecord
+from .ninja_file import NINJA_FILE, prepare_ninja_file
+from .._env.toolchain import Toolchain
+from .._cache.trust import data_file_mode, folder_mode
 
 __all__ = ["BuildOutcome", "run_build"]
 
 logger = logging.getLogger("cpp_extension_tools")
 
 _NATIVE_CPU_FILE = "cpp_extension_tools_native_cpu.txt"
-_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_build_worker.py")
+_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 _ERROR_LINE = re.compile(r"^(?P<where>[^\s:][^:]*:\d+(?::\d+)?): (?:fatal )?error[:\s]|"
                          r"undefined reference|undefined symbol|cannot find -l|ld returned|"
                          r"^nvcc fatal|error: ", re.IGNORECASE)
@@ -153,7 +145,7 @@ def _build_in(config: BuildConfig, toolchain: Toolchain, build_folder: str, know
     log_path = os.path.join(build_folder, "build.log")
     logger.info("building %s (%d source%s) in %s", config.name, len(request.sources),
                 "" if len(request.sources) == 1 else "s", build_folder)
-    from ._worker_support import with_unique_object_names
+    from .worker_support import with_unique_object_names
 
     ninja_only = prepare_ninja_file(request, build_folder,
                                     with_unique_object_names(list(request.sources), build_folder), driver)
@@ -531,7 +523,7 @@ def _log_progress(line: str, verbose: bool) -> None:
 
 def _stop_worker(process: subprocess.Popen[bytes]) -> None:
     """Stop the worker and everything it started (the session it leads: ninja, the compilers), then reap it."""
-    from ._worker_support import kill_session
+    from .worker_support import kill_session
 
     kill_session(process.pid)
     with contextlib.suppress(subprocess.TimeoutExpired):

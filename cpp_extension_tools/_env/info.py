@@ -15,11 +15,14 @@ import sys
 import sysconfig
 from typing import Any
 
-from . import _cpu, _cuda, _identity, _settings
-from ._fsutil import tree_size
-from ._inventory import visible_modules
-from ._root import resolve_root
-from ._version import __version__
+from .. import _settings
+from .._cache.fs import tree_size
+from .._cache.inventory import visible_modules
+from .._cache.root import resolve_root
+from .._version import __version__
+from . import cpu as _cpu
+from . import cuda as _cuda
+from . import identity as _identity
 
 __all__ = ["gather_info"]
 

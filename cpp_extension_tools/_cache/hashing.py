@@ -16,7 +16,7 @@ import stat
 import time
 from typing import Any
 
-from ._forksafe import ForkSafeLock
+from .._forksafe import ForkSafeLock
 
 __all__ = ["FileRecord", "digest_fd", "digest_file", "digest_value", "file_matches", "open_regular", "record_file",
            "stat_signature", "trusted_stat"]

@@ -17,9 +17,9 @@ import logging
 import os
 from typing import Any
 
-from ._fsutil import atomic_write_bytes
-from ._hashing import digest_file, open_regular, stat_signature
-from ._inputs import folder_listing_digest
+from .._cache.fs import atomic_write_bytes
+from .._cache.hashing import digest_file, open_regular, stat_signature
+from .inputs import folder_listing_digest
 
 __all__ = ["BuildState", "invalidate_outdated", "read_state", "save_state"]
 

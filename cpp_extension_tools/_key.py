@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import _cpu, _identity
 from ._arguments import BuildRequest
-from ._cpu import uses_native_cpu
-from ._hashing import digest_value
+from ._cache.hashing import digest_value
+from ._env import cpu as _cpu
+from ._env import identity as _identity
+from ._env.cpu import uses_native_cpu
 from ._version import __version__
 
 __all__ = ["COMPILER_VARIABLES", "CUDA_COMPILER_VARIABLES", "NVCC_VARIABLES", "BuildConfig", "compiler_environment",
@@ -75,7 +76,7 @@ def make_config(request: BuildRequest) -> BuildConfig:
         environment["cpu"] = _cpu.cpu_fingerprint()
     if with_cuda:
         environment["nvcc"] = {var: os.environ.get(var) for var in NVCC_VARIABLES}
-        from . import _cuda  # not needed by C and C++ builds, whose warm calls do not import it
+        from ._env import cuda as _cuda  # not needed by C and C++ builds, whose warm calls do not import it
 
         environment["cuda_target"] = _cuda.cuda_target()
         if os.environ.get("CC"):

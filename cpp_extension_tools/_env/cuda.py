@@ -1,7 +1,7 @@
 """CUDA: the toolkit and its nvcc, the GPUs code is built for (the arch list and its source), and device flags.
 
 Standard library only, and nothing of this package: the build worker imports
-this module beside its script (see _build_worker). torch is passed in or
+this module from its file (see _build/worker.py). torch is passed in or
 imported inside the functions that need it. Only :func:`cuda_arch_list` may
 initialize CUDA, and only when asked to look at the visible GPUs (the build
 worker, ``info``); everything else is cheap enough for import time.

@@ -1,6 +1,6 @@
 """Helpers of the build worker that the library uses too: standard library only, and nothing of this package.
 
-The build worker runs as a script (``python -S _build_worker.py``) and imports
+The build worker runs as a script (``python -S _build/worker.py``) and imports
 this module from beside it, whatever the parent's sys.path; the library
 imports it as ``cpp_extension_tools._worker_support``. Here: the build's
 session (kill it, stop what ninja left running, claim and release the build

@@ -18,7 +18,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 
-from ._trust import binary_mode, data_file_mode
+from .trust import binary_mode, data_file_mode
 
 __all__ = ["TEMP_MARKER", "atomic_copy", "atomic_write_bytes", "make_dirs", "remove_tree", "temporary_name",
            "tree_size"]

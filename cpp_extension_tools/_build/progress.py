@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from . import _settings
+from .. import _settings
 
 __all__ = ["SHOW_AFTER", "BuildProgress", "LockWaitProgress", "clock", "enabled"]
 
@@ -141,7 +141,7 @@ class LockWaitProgress(_Display):
         return 1.0 if self.terminal else float("inf")
 
     def headline(self) -> str:
-        # The text of _locking's waiting message, so the docs' quote of it covers both.
+        # The text of _cache.lock's waiting message, so the docs' quote of it covers both.
         owner = self.describe_owner()
         return f"waiting for the build lock of {self.what}, held by {owner} ({self.elapsed():.0f} s so far)"
 

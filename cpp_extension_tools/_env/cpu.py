@@ -14,7 +14,7 @@ import platform
 import stat
 from collections.abc import Iterable
 
-from . import _settings
+from .. import _settings
 
 __all__ = ["BASELINE_FEATURES", "PORTABLE_CPU_BASELINES", "cpu_features", "cpu_fingerprint", "cpu_model_name",
            "get_portable_cpp_cflags", "get_portable_cuda_cflags", "march_native", "missing_cpu_features",
@@ -107,7 +107,7 @@ def _read_remembered(path: str, boot_id: str) -> str | None:
 def _remember(path: str, boot_id: str, fingerprint: str) -> None:
     import logging
 
-    from ._fsutil import atomic_write_bytes  # once per boot
+    from .._cache.fs import atomic_write_bytes  # once per boot
 
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
@@ -171,7 +171,7 @@ def march_native(timeout_s: float = 10.0) -> str | None:
     """
     import subprocess
 
-    from ._identity import resolve_compiler
+    from .identity import resolve_compiler
 
     try:
         compiler = resolve_compiler("CXX", "c++")

@@ -1,13 +1,14 @@
 """Build worker: runs ninja, or torch.utils.cpp_extension.load, in a process of its own.
 
-Run as ``python _build_worker.py SPEC.json RESULT.json PARENT_PID`` by the
-library: it depends on nothing but the standard library, the two modules beside
-it that are written for it (_worker_support, _cuda) and torch in the second
-mode, so it works whatever the parent's sys.path. This file is the worker's
+Run as ``python worker.py SPEC.json RESULT.json PARENT_PID`` by the
+library: it depends on nothing but the standard library, the two modules
+written for it (worker_support.py beside it, ../_env/cuda.py), which it loads
+from their files, and torch in the second mode, so it works whatever the
+parent's sys.path. This file is the worker's
 ``main()`` and what only the worker uses.
 
 - ``ninja_only``: the library wrote build.ninja already (CPU builds, see
-  _ninja_file.py); this process runs ``ninja`` and imports nothing of torch, so
+  _build/ninja_file.py); this process runs ``ninja`` and imports nothing of torch, so
   a build costs the compilers' time and ~30 ms more.
 - otherwise (CUDA builds, or a torch whose ninja file generator is not as
   expected) it calls torch's load(). Then it is this process, not the
@@ -37,13 +38,27 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-if __package__:  # imported as cpp_extension_tools._build_worker (type checkers, tests)
-    from . import _cuda
-    from . import _worker_support as support
-else:  # run as a script, where the package may not be importable: its two modules are found beside this file
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # even with PYTHONSAFEPATH set
-    import _cuda  # type: ignore[import-not-found,no-redef]
-    import _worker_support as support  # type: ignore[import-not-found,no-redef]
+if __package__:  # imported as cpp_extension_tools._build.worker (type checkers, tests)
+    from .._env import cuda as _cuda
+    from . import worker_support as support
+else:  # run as a script, where the package may not be importable: its two modules are loaded from their files
+    from importlib.machinery import SourceFileLoader  # 0.6 ms; importlib.util would cost ~10 ms more
+
+    def _load_file(name: str, *path: str) -> Any:
+        """The module in the file at ``path`` (from this script's folder), named so that no import finds it.
+
+        Not through sys.path: the folder holding cuda.py would shadow NVIDIA's ``cuda`` package for torch.
+        """
+        location = os.path.join(os.path.dirname(os.path.abspath(__file__)), *path)
+        loader = SourceFileLoader(name, location)
+        module = type(sys)(name)
+        module.__file__, module.__loader__ = location, loader
+        sys.modules[name] = module  # before it runs: dataclasses look their module up
+        loader.exec_module(module)
+        return module
+
+    _cuda = _load_file("cpp_extension_tools_worker_cuda", os.pardir, "_env", "cuda.py")
+    support = _load_file("cpp_extension_tools_worker_support", "worker_support.py")
 
 
 def _die_with_parent(parent_pid: int) -> None:
