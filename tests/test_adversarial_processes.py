@@ -287,7 +287,7 @@ def test_worker_killed_alone_fails_the_build_and_leaves_nothing_running(
 
 FAKE_WORKER = """
 import os, sys
-from cpp_extension_tools import _builder
+from cpp_extension_tools._build import run as _builder
 _builder._WORKER = sys.argv.pop(2)  # a worker that exits 0 without writing its result
 exec(open(sys.argv.pop(1)).read())
 """

@@ -342,7 +342,7 @@ def _attackers_copy(cache: Path, evil: Path, library: Path, their_binary: Path) 
 
 _CHECK = """
     import json, os, sys
-    from cpp_extension_tools import _trust
+    from cpp_extension_tools._cache import trust as _trust
     from cpp_extension_tools._errors import UnsafeCacheError
     root, library = sys.argv[1], sys.argv[2]
     try:

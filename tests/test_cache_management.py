@@ -220,17 +220,17 @@ def test_an_artifact_removed_between_lookup_and_load_is_rebuilt(tmp_path: Path, 
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     sources = write_module(tmp_path / "src", functions={"answer": 6})
     run_python(LOAD.format(name="vanishing", sources=sources))
-    real_open = api_module.open_trusted  # the load opens the binary, then maps what it opened
+    real_open = api_module.open_trusted_stat  # the load opens the binary, then maps what it opened
     removed: list[Any] = []
 
-    def prune_first(root: str, path: str) -> int:
+    def prune_first(root: str, path: str) -> tuple[int, os.stat_result]:
         if not removed:
             removed.append(path)
             prune(str(cache_root), keep=0)  # what another process's prune could do at this moment
             removed.append(not os.path.exists(path))
         return real_open(root, path)
 
-    monkeypatch.setattr(api_module, "open_trusted", prune_first)
+    monkeypatch.setattr(api_module, "open_trusted_stat", prune_first)
     compilers.reset()
     module = cached_load_torch_cpp_extension("vanishing", sources)
     assert module.answer() == 6

@@ -49,7 +49,7 @@ def test_warm_path_in_a_fresh_process_is_pure(tmp_path: Path, cache_root: Path, 
         subprocess.Popen = forbidden
         os.fork = forbidden
         import cpp_extension_tools as c
-        from cpp_extension_tools import _hashing
+        from cpp_extension_tools._cache import hashing as _hashing
         hashed = []
         real = _hashing.digest_file
         _hashing.digest_file = lambda p: hashed.append(p) or real(p)

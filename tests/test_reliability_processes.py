@@ -159,7 +159,7 @@ KILL_SCRIPT = """
 import json, logging, os, sys, time
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
 import cpp_extension_tools as c
-from cpp_extension_tools import _store
+from cpp_extension_tools._cache import store as _store
 
 MARKERS = os.environ.get("PHASE_MARKERS")
 DELAY = float(os.environ.get("PUBLISH_DELAY") or 0)
