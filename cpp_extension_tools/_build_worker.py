@@ -115,11 +115,7 @@ def _version_line(command: list[str]) -> str:
         out = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    lines = [line for line in out.splitlines() if line.strip()]
-    if not lines:
-        return "unknown"
-    # nvcc prints its release on the last lines, gcc and clang on the first.
-    return lines[-2] if "nvcc" in command[0] and len(lines) > 1 else lines[0]
+    return support.version_line(command, out)
 
 
 def _run_ninja(build_directory: str, name: str) -> None:

@@ -33,12 +33,15 @@ from ._errors import DISK_FULL_ERRNOS, BuildError
 from ._fsutil import atomic_write_bytes, make_dirs, remove_tree
 from ._hashing import FileRecord, digest_file, record_file
 from ._inputs import (
+    PendingProbe,
     SearchPath,
     folder_listing_digest,
     header_kind,
     link_inputs,
-    probe_search_path,
+    parse_search_path,
+    real_paths,
     searched_folders,
+    start_search_probe,
     system_prefixes,
     torch_include_folder,
 )
@@ -155,29 +158,35 @@ def _build_in(config: BuildConfig, toolchain: Toolchain, build_folder: str, know
                 "" if len(request.sources) == 1 else "s", build_folder)
     from ._worker_support import with_unique_object_names
 
-    ninja_only = prepare_ninja_file(request, build_folder,
-                                    with_unique_object_names(list(request.sources), build_folder), driver)
     versions = _cached_compiler_versions(state, toolchain)
-    before = _stamp_before([*_dict(state.get("folders")), *link_folders,
-                            *(os.path.dirname(p) for p in request.sources), *request.include_paths])
-    started_ns, started = time.time_ns(), time.monotonic()
-    result = _run_worker(config, toolchain, build_folder, driver, versions is None, log_path, ninja_only)
-    seconds = time.monotonic() - started
-    if not result.get("ok"):
-        raise _failure(config, result, log_path, build_folder)
-    library = os.path.join(build_folder, f"{config.name}.so")
-    problem = elf_problem(library, f"PyInit_{config.name}")
-    if problem is not None:
-        raise _damaged_output(config, library, problem, log_path)
+    probes = _Probes(config, toolchain, build_folder, state, ask_versions=versions is None)
+    try:
+        ninja_only = prepare_ninja_file(request, build_folder,
+                                        with_unique_object_names(list(request.sources), build_folder), driver)
+        if ninja_only:
+            probes.start_with_build_flags()
+        before = _stamp_before([*_dict(state.get("folders")), *link_folders,
+                                *(os.path.dirname(p) for p in request.sources), *request.include_paths])
+        started_ns, started = time.time_ns(), time.monotonic()
+        result = _run_worker(config, toolchain, build_folder, driver, log_path, ninja_only)
+        seconds = time.monotonic() - started
+        if not result.get("ok"):
+            raise _failure(config, result, log_path, build_folder)
+        library = os.path.join(build_folder, f"{config.name}.so")
+        problem = elf_problem(library, f"PyInit_{config.name}")
+        if problem is not None:
+            raise _damaged_output(config, library, problem, log_path)
+        search = probes.search_paths()
+        versions = probes.versions() if versions is None else versions
+    finally:
+        probes.cancel()
     deps = result.get("deps", {})
-    search = _search_paths(config, toolchain, build_folder, state)
     inputs, headers = _collect_inputs(config, toolchain, deps, build_folder, search, link_files, snapshot,
                                       started_ns)
     exclude = (torch_include_folder() + os.sep, os.path.realpath(build_folder) + os.sep,
                os.path.abspath(build_folder) + os.sep)
     folders = searched_folders(search.values(), headers, request.sources, link_folders, exclude)
     folder_records, listings = _stamp_folders(folders, started_ns, before)
-    versions = result.get("compiler_versions", {}) if versions is None else versions
     save_state(build_folder, {
         "objects": object_digests(deps), "outputs": output_signatures([*deps, *(o + ".d" for o in deps), library]),
         "folders": listings, "kept_depfiles": ninja_only,
@@ -245,25 +254,75 @@ def _damaged_output(config: BuildConfig, library: str, problem: str, log_path: s
     return _Repairable(error, f"the linked binary is unusable ({problem})")
 
 
-def _search_paths(config: BuildConfig, toolchain: Toolchain, build_folder: str,
-                  state: BuildState) -> dict[str, SearchPath]:
-    """Per language: the folders searched with the build's flags, and ("builtin:<lang>") without them."""
-    flags = _ninja_flags(build_folder)
-    # nvcc's host compiles search the C++ compiler's folders.
-    languages = {"c": (toolchain.cc_command, "c"), "c++": (toolchain.cxx_command, "c++"),
-                 "cuda": (toolchain.cxx_command, "c++")}
-    cached = _dict(state.get("builtin_search"))
-    bare_env = {k: v for k, v in os.environ.items() if k not in COMPILER_VARIABLES}
-    result: dict[str, SearchPath] = {}
-    for language in sorted(config.request.languages):
-        command, spelling = languages[language]
-        result[language] = probe_search_path(command, flags, spelling, build_folder, None)
-        builtin = cached.get(f"builtin:{language}") if state.get("compiler_identity") else None
-        if isinstance(builtin, list) and all(isinstance(f, str) for f in builtin):
-            result[f"builtin:{language}"] = SearchPath(tuple(builtin), ())
-        else:
-            result[f"builtin:{language}"] = probe_search_path(command, [], spelling, build_folder, bare_env)
-    return result
+# Per language: the compiler whose search path it has (nvcc's host compiles search the C++ compiler's
+# folders) and its spelling for -x.
+_PROBED_AS = {"c": ("cc", "c"), "c++": ("cxx", "c++"), "cuda": ("cxx", "c++")}
+
+
+class _Probes:
+    """The compiler probes whose answers a build records, started before it so that they run while it does.
+
+    Per language, the folders searched with the build's flags (once build.ninja holds them) and
+    ("builtin:<lang>") without them, unless the state recorded those for the same compilers; each
+    compiler's ``--version`` unless its version is known. Their inputs (the compilers, the flags
+    written in build.ninja) do not change while the build runs.
+    """
+
+    def __init__(self, config: BuildConfig, toolchain: Toolchain, build_folder: str, state: BuildState,
+                 ask_versions: bool) -> None:
+        self._folder = build_folder
+        commands = {"cc": toolchain.cc_command, "cxx": toolchain.cxx_command}
+        self._languages = {language: (commands[role], spelling) for language, (role, spelling) in
+                           _PROBED_AS.items() if language in config.request.languages}
+        self._version_commands = toolchain.version_commands() if ask_versions else {}
+        self._pending: list[PendingProbe] = []
+        cached = _dict(state.get("builtin_search")) if state.get("compiler_identity") == toolchain.identity() else {}
+        bare_env = {k: v for k, v in os.environ.items() if k not in COMPILER_VARIABLES}
+        self._builtin: dict[str, SearchPath | PendingProbe] = {}
+        for language, (command, spelling) in self._languages.items():
+            recorded = cached.get(f"builtin:{language}")
+            if isinstance(recorded, list) and all(isinstance(f, str) for f in recorded):
+                self._builtin[language] = SearchPath(tuple(recorded), ())
+            else:
+                self._builtin[language] = self._start(start_search_probe(command, [], spelling, build_folder,
+                                                                         bare_env))
+        self._versions = {role: self._start(PendingProbe([*words, "--version"], build_folder, None, stdout=True))
+                          for role, words in self._version_commands.items()}
+        self._flagged: dict[str, PendingProbe] = {}
+
+    def _start(self, probe: PendingProbe) -> PendingProbe:
+        self._pending.append(probe)
+        return probe
+
+    def start_with_build_flags(self) -> None:
+        """Start the probes with the flags build.ninja holds now (the worker must not rewrite it)."""
+        flags = _ninja_flags(self._folder)
+        self._flagged = {language: self._start(start_search_probe(command, flags, spelling, self._folder, None))
+                         for language, (command, spelling) in self._languages.items()}
+
+    def search_paths(self) -> dict[str, SearchPath]:
+        """Per language, the search paths with and ("builtin:<lang>") without the build's flags."""
+        if not self._flagged:  # build.ninja was written by the worker (torch's load())
+            self.start_with_build_flags()
+        result: dict[str, SearchPath] = {}
+        for language in sorted(self._languages):
+            result[language] = parse_search_path(self._flagged[language].output(), self._folder)
+            builtin = self._builtin[language]
+            result[f"builtin:{language}"] = (builtin if isinstance(builtin, SearchPath)
+                                             else parse_search_path(builtin.output(), self._folder))
+        return result
+
+    def versions(self) -> dict[str, str]:
+        """Role -> the version line of each compiler (asked only when the state did not know them)."""
+        from ._worker_support import version_line
+
+        return {role: version_line(self._version_commands[role], probe.output())
+                for role, probe in self._versions.items()}
+
+    def cancel(self) -> None:
+        """Kill and reap the probes still running: none outlives the build."""
+        for probe in self._pending:
+            probe.cancel()
 
 
 def _ninja_flags(build_folder: str) -> list[str]:
@@ -295,13 +354,14 @@ def _collect_inputs(config: BuildConfig, toolchain: Toolchain, deps: dict[str, l
     own = os.path.realpath(build_folder) + os.sep  # the stand-ins of sources with colliding object names
     headers: set[str] = set()
     tracked: set[str] = set()
-    for paths in deps.values():
-        for path in paths:
-            if path in request.sources or os.path.realpath(path).startswith(own):
-                continue
-            headers.add(os.path.abspath(path))
-            if header_kind(path, torch_prefix, system, user) == "user":
-                tracked.add(os.path.abspath(path))
+    sources = set(request.sources)
+    # Each object lists the same headers: every distinct one is looked at once.
+    for path, real in real_paths(p for paths in deps.values() for p in paths).items():
+        if path in sources or real.startswith(own):
+            continue
+        headers.add(os.path.abspath(path))
+        if header_kind(path, torch_prefix, system, user, real) == "user":
+            tracked.add(os.path.abspath(path))
     records = [_checked_record(p, snapshot, started_ns, deps)
                for p in [*request.sources, *sorted(tracked), *link_files] if os.path.isfile(p)]
     return records, sorted(headers)
@@ -424,11 +484,11 @@ def _add_launcher(env: dict[str, str], config: BuildConfig, toolchain: Toolchain
         env["CCACHE_EXTRAFILES"] = os.pathsep.join(filter(None, (env.get("CCACHE_EXTRAFILES"), path)))
 
 
-def _run_worker(config: BuildConfig, toolchain: Toolchain, build_folder: str, driver: str, ask_versions: bool,
-                log_path: str, ninja_only: bool) -> dict[str, Any]:
+def _run_worker(config: BuildConfig, toolchain: Toolchain, build_folder: str, driver: str, log_path: str,
+                ninja_only: bool) -> dict[str, Any]:
     request = config.request
-    spec = {**request.to_json(), "build_directory": build_folder, "ninja_only": ninja_only,
-            "compilers": toolchain.version_commands() if ask_versions else {}}
+    # The compilers' versions are asked by this process (_Probes), while the worker builds.
+    spec = {**request.to_json(), "build_directory": build_folder, "ninja_only": ninja_only, "compilers": {}}
     spec_path = os.path.join(build_folder, "cpp_extension_tools_spec.json")
     result_path = os.path.join(build_folder, "cpp_extension_tools_result.json")
     atomic_write_bytes(spec_path, json.dumps(spec, indent=1).encode())

@@ -16,7 +16,7 @@ import os
 import signal
 
 __all__ = ["SESSION_FILE", "UNIQUE_SOURCES_FOLDER", "claim_build_folder", "escape_ninja_text", "kill_session",
-           "parse_depfile", "release_build_folder", "stop_stragglers", "with_unique_object_names"]
+           "parse_depfile", "release_build_folder", "stop_stragglers", "version_line", "with_unique_object_names"]
 
 
 def kill_session(session: int) -> None:
@@ -256,3 +256,12 @@ def escape_ninja_text(text: str) -> str:
             line = f"build {outputs}: {rule} {inputs}" if inputs else f"build {outputs}: {rule}"
         lines.append(line)
     return "".join(lines)
+
+
+def version_line(command: list[str], output: str | None) -> str:
+    """The line that names the version in what ``command --version`` printed ("unknown" without one)."""
+    lines = [line for line in (output or "").splitlines() if line.strip()]
+    if not lines:
+        return "unknown"
+    # nvcc prints its release on the last lines, gcc and clang on the first.
+    return lines[-2] if "nvcc" in command[0] and len(lines) > 1 else lines[0]
