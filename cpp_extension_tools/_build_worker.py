@@ -25,8 +25,9 @@ left of it before building.
 
 from __future__ import annotations
 
-# Only what the ninja-only mode needs is imported here: the others (logging, re, traceback) would add
-# ~10 ms to every rebuild on a small machine, and are imported where the torch mode or an error needs them.
+# Only what the ninja-only mode needs is imported here (re comes with json): the others (logging,
+# traceback) would add ~10 ms to every rebuild on a small machine, and are imported where the torch mode
+# or an error needs them.
 import json
 import os
 import signal

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re  # loaded anyway: json uses it
 import signal
 
 __all__ = ["SESSION_FILE", "UNIQUE_SOURCES_FOLDER", "claim_build_folder", "escape_ninja_text", "kill_session",
@@ -203,30 +204,20 @@ def parse_depfile(text: str) -> list[str]:
     """The prerequisites in a make-style depfile as gcc writes it (``\\ `` a space, ``\\#`` a hash, ``$$`` a dollar)."""
     text = text.replace("\\\n", " ").replace("\\\r\n", " ")
     _, _, prerequisites = text.partition(": ")
-    words: list[str] = []
-    current: list[str] = []
-    index = 0
-    while index < len(prerequisites):
-        char = prerequisites[index]
-        following = prerequisites[index + 1:index + 2]
-        if char == "\\" and following in (" ", "#", "\\"):
-            current.append(following)
-            index += 2
-            continue
-        if char == "$" and following == "$":
-            current.append("$")
-            index += 2
-            continue
-        if char in " \t\n":
-            if current:
-                words.append("".join(current))
-                current = []
-        else:
-            current.append(char)
-        index += 1
-    if current:
-        words.append("".join(current))
+    # A word: escapes and other characters up to a blank; one regular expression instead of a loop
+    # over the characters, which took ~15 ms per depfile of a torch extension (300 headers).
+    words = [_ESCAPE.sub(_unescaped, word) if "\\" in word or "$" in word else word
+             for word in _DEPFILE_WORD.findall(prerequisites)]
     return [w for w in words if not w.endswith(":")]
+
+
+_DEPFILE_WORD = re.compile(r"(?:\\[ #\\]|\$\$|[^ \t\n])+")
+_ESCAPE = re.compile(r"\\([ #\\])|\$\$")
+
+
+def _unescaped(match: re.Match[str]) -> str:
+    return match.group(1) or "$"
+
 
 # Variables torch writes whose values are flags and paths, never references to ninja variables.
 _NINJA_VALUE_LINES = ("cxx = ", "nvcc = ", "sycl = ", "cflags = ", "post_cflags = ", "cuda_cflags = ",
@@ -241,7 +232,6 @@ def escape_ninja_text(text: str) -> str:
     (silently compiling another file), and a ":" in a path ended the list of outputs. Here every
     "$" that is not torch's own "$ " becomes "$$", and ":" in build statements' paths "$:".
     """
-    import re  # not for CPU builds' worker: the caller escapes their file
 
     unescaped_dollar = re.compile(r"\$(?! )")
     lines = []

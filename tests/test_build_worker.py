@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cpp_extension_tools import _build_worker, _cuda
+from cpp_extension_tools import _build_worker, _cuda, _worker_support
 
 PACKAGE = Path(_build_worker.__file__).parent
 # The modules the worker imports from beside its script: written for it, standard library only.
@@ -90,3 +90,23 @@ def test_device_flags_follow_the_arch_list_unless_the_user_chose_architectures()
         "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
         "-gencode=arch=compute_90,code=compute_90"]
     assert _cuda.device_arch_flags(["-gencode=arch=compute_70,code=sm_70"], "8.0") == []
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("a.o: a.c b.h\n", ["a.c", "b.h"]),
+    ("a.o: /x/a.c \\\n /x/b.h \\\r\n /x/c.h\n", ["/x/a.c", "/x/b.h", "/x/c.h"]),
+    ("a.o: /it\\ has\\ spaces/b.h /h\\#sh.h /d$$llar.h\n", ["/it has spaces/b.h", "/h#sh.h", "/d$llar.h"]),
+    ("a.o: /back\\\\slash.h /lone\\x.h /lone$.h\t/tab.h\n", ["/back\\slash.h", "/lone\\x.h", "/lone$.h", "/tab.h"]),
+    ("a.o: a.c\nb.h:\n", ["a.c"]),  # the phony targets of -MP are not prerequisites
+    ("a.o:\n", []),
+])
+def test_depfiles_are_read_as_gcc_escapes_them(text: str, expected: list[str]) -> None:
+    assert _worker_support.parse_depfile(text) == expected
+
+
+def test_the_version_line_is_gccs_first_line_and_nvccs_release_line() -> None:
+    gcc = "g++ (Debian 12.2.0-14) 12.2.0\nCopyright (C) 2022\n\n"
+    nvcc = "nvcc: NVIDIA (R) Cuda compiler driver\nBuilt on x\nCuda compilation tools, release 12.4\nBuild cuda_12.4\n"
+    assert _worker_support.version_line(["g++"], gcc) == "g++ (Debian 12.2.0-14) 12.2.0"
+    assert _worker_support.version_line(["/opt/cuda/bin/nvcc"], nvcc) == "Cuda compilation tools, release 12.4"
+    assert _worker_support.version_line(["g++"], "") == _worker_support.version_line(["g++"], None) == "unknown"
