@@ -254,9 +254,19 @@ def _escape_torch_ninja_files(cpp_extension: Any) -> None:
     cpp_extension._write_ninja_file = write_escaped
 
 
+def _spec_is_written() -> bool:
+    """Started ahead of its spec (``--wait``): block until the library says it is written ("g" on stdin).
+
+    End-of-file instead: the library no longer needs this worker (its build failed before it ran).
+    """
+    return os.read(0, 1) == b"g"
+
+
 def main() -> int:
     spec_path, result_path, parent_pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
     _die_with_parent(parent_pid)
+    if sys.argv[4:] == ["--wait"] and not _spec_is_written():
+        return 1
     with open(spec_path, encoding="utf-8") as f:
         spec = json.load(f)
     leftovers = support.claim_build_folder(spec["build_directory"])

@@ -160,7 +160,9 @@ def _build_in(config: BuildConfig, toolchain: Toolchain, build_folder: str, know
 
     versions = _cached_compiler_versions(state, toolchain)
     probes = _Probes(config, toolchain, build_folder, state, ask_versions=versions is None)
+    early = _EarlyWorker()
     try:
+        early.start(config, toolchain, build_folder, driver)
         ninja_only = prepare_ninja_file(request, build_folder,
                                         with_unique_object_names(list(request.sources), build_folder), driver)
         if ninja_only:
@@ -168,7 +170,7 @@ def _build_in(config: BuildConfig, toolchain: Toolchain, build_folder: str, know
         before = _stamp_before([*_dict(state.get("folders")), *link_folders,
                                 *(os.path.dirname(p) for p in request.sources), *request.include_paths])
         started_ns, started = time.time_ns(), time.monotonic()
-        result = _run_worker(config, toolchain, build_folder, driver, log_path, ninja_only)
+        result = _run_worker(config, toolchain, build_folder, driver, log_path, ninja_only, early)
         seconds = time.monotonic() - started
         if not result.get("ok"):
             raise _failure(config, result, log_path, build_folder)
@@ -180,6 +182,7 @@ def _build_in(config: BuildConfig, toolchain: Toolchain, build_folder: str, know
         versions = probes.versions() if versions is None else versions
     finally:
         probes.cancel()
+        early.stop()
     deps = result.get("deps", {})
     inputs, headers = _collect_inputs(config, toolchain, deps, build_folder, search, link_files, snapshot,
                                       started_ns)
@@ -484,27 +487,75 @@ def _add_launcher(env: dict[str, str], config: BuildConfig, toolchain: Toolchain
         env["CCACHE_EXTRAFILES"] = os.pathsep.join(filter(None, (env.get("CCACHE_EXTRAFILES"), path)))
 
 
+_SPEC_FILE = "cpp_extension_tools_spec.json"
+_RESULT_FILE = "cpp_extension_tools_result.json"
+
+
+class _EarlyWorker:
+    """A ninja-only build worker started before build.ninja is generated, waiting for its spec.
+
+    Generating the file imports torch.utils.cpp_extension (~0.1-0.2 s, setuptools mostly); the
+    worker's own start (the interpreter, its imports: ~50-90 ms on a loaded 2-core machine) runs
+    meanwhile instead of after it. It reads its spec once it gets "g" on its standard input, and
+    exits without a result at end-of-file. CUDA builds (torch's load() in the worker, which needs
+    site-packages) start theirs when the spec is written.
+    """
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, config: BuildConfig, toolchain: Toolchain, build_folder: str, driver: str) -> None:
+        if not config.request.with_cuda:
+            self._process = _start_worker(config, toolchain, build_folder, driver, ninja_only=True, early=True)
+
+    def take(self, ninja_only: bool) -> subprocess.Popen[bytes] | None:
+        """The waiting worker, told to read its spec (None where it cannot run this build); the caller stops it."""
+        process, self._process = self._process, None
+        if process is None or not ninja_only:
+            if process is not None:  # torch's generator was not as expected: the worker needs torch
+                _stop_worker(process)
+            return None
+        if process.stdin is not None:
+            with contextlib.suppress(OSError):  # a worker that has died already: it leaves no result
+                process.stdin.write(b"g")
+                process.stdin.close()
+        return process
+
+    def stop(self) -> None:
+        """Stop the worker if it was never taken (the build failed before it ran)."""
+        process, self._process = self._process, None
+        if process is not None:
+            _stop_worker(process)
+
+
+def _start_worker(config: BuildConfig, toolchain: Toolchain, build_folder: str, driver: str, ninja_only: bool,
+                  early: bool) -> subprocess.Popen[bytes]:
+    env = _worker_environment(config, toolchain, driver)
+    # -S: without torch to import, the worker needs no site-packages, and starts in ~10 ms instead of ~40.
+    command = [sys.executable, *(["-S"] if ninja_only else []), _WORKER, os.path.join(build_folder, _SPEC_FILE),
+               os.path.join(build_folder, _RESULT_FILE), str(os.getpid()), *(["--wait"] if early else [])]
+    # A team cache: every member must be able to overwrite what the build writes (objects, the log).
+    umask = 0o007 if _settings.SHARED_CACHE.get() else -1
+    return subprocess.Popen(command, cwd=build_folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.PIPE if early else subprocess.DEVNULL, start_new_session=True,
+                            umask=umask)
+
+
 def _run_worker(config: BuildConfig, toolchain: Toolchain, build_folder: str, driver: str, log_path: str,
-                ninja_only: bool) -> dict[str, Any]:
+                ninja_only: bool, early: _EarlyWorker) -> dict[str, Any]:
     request = config.request
     # The compilers' versions are asked by this process (_Probes), while the worker builds.
     spec = {**request.to_json(), "build_directory": build_folder, "ninja_only": ninja_only, "compilers": {}}
-    spec_path = os.path.join(build_folder, "cpp_extension_tools_spec.json")
-    result_path = os.path.join(build_folder, "cpp_extension_tools_result.json")
+    spec_path = os.path.join(build_folder, _SPEC_FILE)
+    result_path = os.path.join(build_folder, _RESULT_FILE)
     atomic_write_bytes(spec_path, json.dumps(spec, indent=1).encode())
     with contextlib.suppress(FileNotFoundError):
         os.unlink(result_path)
-    env = _worker_environment(config, toolchain, driver)
-    # -S: without torch to import, the worker needs no site-packages, and starts in ~10 ms instead of ~40.
-    command = [sys.executable, *(["-S"] if ninja_only else []), _WORKER, spec_path, result_path, str(os.getpid())]
-    # A team cache: every member must be able to overwrite what the build writes (objects, the log).
-    umask = 0o007 if _settings.SHARED_CACHE.get() else -1
     progress = (_progress.BuildProgress(config.name, len(request.sources), log_path)
                 if _progress.enabled(request.verbose) else None)
     with _new_log(log_path) as log:
-        process = subprocess.Popen(command, cwd=build_folder, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, umask=umask)
+        process = early.take(ninja_only) or _start_worker(config, toolchain, build_folder, driver, ninja_only,
+                                                          early=False)
         try:
             _relay_output(process, log, request.verbose, progress)
         finally:
@@ -596,8 +647,10 @@ def _stop_worker(process: subprocess.Popen[bytes]) -> None:
     kill_session(process.pid)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=10)
-    if process.stdout is not None:
-        process.stdout.close()
+    for pipe in (process.stdout, process.stdin):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
 def _build_error(name: str, result: dict[str, Any], log_path: str) -> BuildError:

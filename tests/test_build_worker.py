@@ -110,3 +110,19 @@ def test_the_version_line_is_gccs_first_line_and_nvccs_release_line() -> None:
     assert _worker_support.version_line(["g++"], gcc) == "g++ (Debian 12.2.0-14) 12.2.0"
     assert _worker_support.version_line(["/opt/cuda/bin/nvcc"], nvcc) == "Cuda compilation tools, release 12.4"
     assert _worker_support.version_line(["g++"], "") == _worker_support.version_line(["g++"], None) == "unknown"
+
+
+def test_a_worker_started_ahead_of_its_spec_waits_for_it_and_leaves_at_end_of_file(tmp_path: Path) -> None:
+    # The library starts the worker with --wait before build.ninja is written; a build that fails
+    # before the worker is needed closes its stdin: it must leave without reading a spec or building.
+    spec, result = tmp_path / "spec.json", tmp_path / "result.json"
+    worker = subprocess.Popen([sys.executable, "-S", _build_worker.__file__, str(spec), str(result),
+                               str(os.getpid()), "--wait"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    with pytest.raises(subprocess.TimeoutExpired):
+        worker.wait(timeout=0.5)  # waiting: the spec it names does not exist, yet it has not failed
+    assert worker.stdin is not None and worker.stdout is not None
+    worker.stdin.close()
+    assert worker.wait(timeout=30) == 1
+    assert worker.stdout.read() == b"" and not result.exists()
+    worker.stdout.close()
