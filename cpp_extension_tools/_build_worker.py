@@ -1,7 +1,8 @@
 """Build worker: runs ninja, or torch.utils.cpp_extension.load, in a process of its own.
 
-Run as ``python _build_worker.py SPEC.json RESULT.json PARENT_PID`` by the
-library: it depends on nothing but the standard library, the two modules beside
+Run as ``python _build_worker.py SPEC.json RESULT.json PARENT_PID [--wait]`` by the
+library (``--wait``: started before the spec is written, it reads it once told so on
+stdin): it depends on nothing but the standard library, the two modules beside
 it that are written for it (_worker_support, _cuda) and torch in the second
 mode, so it works whatever the parent's sys.path. This file is the worker's
 ``main()`` and what only the worker uses.
