@@ -208,6 +208,23 @@ def test_headers_under_the_cuda_toolkit_root_but_outside_its_include_folders_are
                                ()) == "torch"
 
 
+def test_header_real_paths_are_resolved_as_realpath_does(tmp_path: Path) -> None:
+    # real_paths resolves each folder once: a symlinked folder, a symlinked header (whose target lies
+    # elsewhere) and a relative path must still come out as os.path.realpath says.
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "target.h").write_text("")
+    (tmp_path / "real" / "sub" / "plain.h").write_text("")
+    (tmp_path / "linked").symlink_to(tmp_path / "real")
+    (tmp_path / "real" / "sub" / "alias.h").symlink_to(tmp_path / "elsewhere" / "target.h")
+    paths = [str(tmp_path / "linked" / "sub" / "plain.h"), str(tmp_path / "linked" / "sub" / "alias.h"),
+             str(tmp_path / "real" / "sub" / "plain.h"), str(tmp_path / "linked" / "sub" / "missing.h"),
+             os.path.relpath(tmp_path / "linked" / "sub" / "plain.h")]
+    resolved = _inputs.real_paths([*paths, paths[0]])
+    assert resolved == {p: os.path.realpath(p) for p in paths}
+    assert resolved[paths[1]] == str((tmp_path / "elsewhere" / "target.h").resolve())
+
+
 # ----------------------------------------------------------------------- linker inputs
 
 def _static_library(folder: Path, value: int) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import textwrap
@@ -142,6 +143,42 @@ def test_header_edit_rebuilds_dependents(tmp_path: Path, compilers: CompilerLog)
                                            build_directory=root).g() == 2
     # g.c includes the header; module.c does not.
     assert [line.split(" -c ")[1].split()[0].endswith("g.c") for line in compilers.compiles()] == [True]
+
+
+def test_the_compiler_probes_run_with_the_build_and_their_answers_are_recorded(tmp_path: Path,
+                                                                              compilers: CompilerLog) -> None:
+    # The search-path and --version probes run while the worker builds: each answer must still reach
+    # the manifest and the build state. No header is read from this folder: only the probe with the
+    # build's flags names it.
+    searched = tmp_path / "searched only"
+    searched.mkdir()
+    cache = tmp_path / "cache"
+    functions = {"answer": 1, "other": 2}
+    cached_load_torch_cpp_extension("probed", write_module(tmp_path / "src", functions=functions),
+                                    extra_include_paths=[str(searched)], build_directory=str(cache))
+    probes = [line for line in compilers.calls() if " -E -v " in line]
+    assert len(probes) == 2 and sum(f"-I{searched}" in line for line in probes) == 1
+    (artifact,) = (cache / "probed" / "artifacts").iterdir()
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert str(searched) in [folder["path"] for folder in manifest["folders"]]
+    versions = manifest["details"]["compiler_versions"]
+    assert set(versions) == {"cc", "cxx"} and "unknown" not in versions.values()
+    (build_folder,) = (cache / "probed" / "builds").iterdir()
+    builtin = json.loads((build_folder / "cpp_extension_tools_state.json").read_text())["builtin_search"]
+    assert set(builtin) == {"builtin:c"} and builtin["builtin:c"]
+
+    compilers.reset()  # a rebuild by the same compilers probes only with the build's flags
+    functions["answer"] = 3
+    module = cached_load_torch_cpp_extension("probed", write_module(tmp_path / "src", functions=functions),
+                                             extra_include_paths=[str(searched)], build_directory=str(cache))
+    assert module.answer() == 3
+    probes = [line for line in compilers.calls() if " -E -v " in line]
+    assert len(probes) == 1 and f"-I{searched}" in probes[0]
+    assert not [line for line in compilers.calls() if line.endswith(" --version")]
+    again = json.loads((build_folder / "cpp_extension_tools_state.json").read_text())["builtin_search"]
+    assert again == builtin
+    manifests = [json.loads((a / "manifest.json").read_text()) for a in (cache / "probed" / "artifacts").iterdir()]
+    assert all(str(searched) in [f["path"] for f in m["folders"]] for m in manifests)
 
 
 def test_stale_object_with_older_mtime_is_rebuilt(tmp_path: Path, compilers: CompilerLog) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from cpp_extension_tools._build import worker as _build_worker
+from cpp_extension_tools._build import worker_support as _worker_support
 from cpp_extension_tools._env import cuda as _cuda
 
 PACKAGE = Path(_build_worker.__file__).parents[1]
@@ -94,3 +95,39 @@ def test_device_flags_follow_the_arch_list_unless_the_user_chose_architectures()
         "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
         "-gencode=arch=compute_90,code=compute_90"]
     assert _cuda.device_arch_flags(["-gencode=arch=compute_70,code=sm_70"], "8.0") == []
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("a.o: a.c b.h\n", ["a.c", "b.h"]),
+    ("a.o: /x/a.c \\\n /x/b.h \\\r\n /x/c.h\n", ["/x/a.c", "/x/b.h", "/x/c.h"]),
+    ("a.o: /it\\ has\\ spaces/b.h /h\\#sh.h /d$$llar.h\n", ["/it has spaces/b.h", "/h#sh.h", "/d$llar.h"]),
+    ("a.o: /back\\\\slash.h /lone\\x.h /lone$.h\t/tab.h\n", ["/back\\slash.h", "/lone\\x.h", "/lone$.h", "/tab.h"]),
+    ("a.o: a.c\nb.h:\n", ["a.c"]),  # the phony targets of -MP are not prerequisites
+    ("a.o:\n", []),
+])
+def test_depfiles_are_read_as_gcc_escapes_them(text: str, expected: list[str]) -> None:
+    assert _worker_support.parse_depfile(text) == expected
+
+
+def test_the_version_line_is_gccs_first_line_and_nvccs_release_line() -> None:
+    gcc = "g++ (Debian 12.2.0-14) 12.2.0\nCopyright (C) 2022\n\n"
+    nvcc = "nvcc: NVIDIA (R) Cuda compiler driver\nBuilt on x\nCuda compilation tools, release 12.4\nBuild cuda_12.4\n"
+    assert _worker_support.version_line(["g++"], gcc) == "g++ (Debian 12.2.0-14) 12.2.0"
+    assert _worker_support.version_line(["/opt/cuda/bin/nvcc"], nvcc) == "Cuda compilation tools, release 12.4"
+    assert _worker_support.version_line(["g++"], "") == _worker_support.version_line(["g++"], None) == "unknown"
+
+
+def test_a_worker_started_ahead_of_its_spec_waits_for_it_and_leaves_at_end_of_file(tmp_path: Path) -> None:
+    # The library starts the worker with --wait before build.ninja is written; a build that fails
+    # before the worker is needed closes its stdin: it must leave without reading a spec or building.
+    spec, result = tmp_path / "spec.json", tmp_path / "result.json"
+    worker = subprocess.Popen([sys.executable, "-S", _build_worker.__file__, str(spec), str(result),
+                               str(os.getpid()), "--wait"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    with pytest.raises(subprocess.TimeoutExpired):
+        worker.wait(timeout=0.5)  # waiting: the spec it names does not exist, yet it has not failed
+    assert worker.stdin is not None and worker.stdout is not None
+    worker.stdin.close()
+    assert worker.wait(timeout=30) == 1
+    assert worker.stdout.read() == b"" and not result.exists()
+    worker.stdout.close()

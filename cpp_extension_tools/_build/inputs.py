@@ -29,8 +29,9 @@ import subprocess
 import sysconfig
 from collections.abc import Iterable, Sequence
 
-__all__ = ["SearchPath", "folder_listing_digest", "header_kind", "link_inputs", "probe_search_path",
-           "searched_folders", "torch_include_folder", "system_prefixes"]
+__all__ = ["PendingProbe", "SearchPath", "folder_listing_digest", "header_kind", "link_inputs", "parse_search_path",
+           "probe_search_path", "real_paths", "searched_folders", "start_search_probe", "system_prefixes",
+           "torch_include_folder"]
 
 _SEARCH_START = re.compile(r'^#include (?:"\.\.\."|<\.\.\.>) search starts here:$')
 _IGNORED = re.compile(r'^ignoring (?:nonexistent|duplicate) directory "(?P<path>.*)"$')
@@ -46,14 +47,58 @@ class SearchPath:
         self.missing = missing
 
 
-def probe_search_path(command: Sequence[str], flags: Sequence[str], language: str, cwd: str,
-                      env: dict[str, str] | None) -> SearchPath:
+class PendingProbe:
+    """A compiler probe started now and read later, so that it runs while the build does."""
+
+    __slots__ = ("_process", "_stdout")
+
+    def __init__(self, words: Sequence[str], cwd: str, env: dict[str, str] | None, stdout: bool) -> None:
+        """``stdout``: read what the command prints there (else its stderr)."""
+        self._stdout = stdout
+        self._process: subprocess.Popen[str] | None
+        try:
+            self._process = subprocess.Popen(
+                list(words), cwd=cwd, env=env, stdin=subprocess.DEVNULL, text=True, errors="replace",
+                stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL if stdout else subprocess.PIPE)
+        except (OSError, subprocess.SubprocessError):
+            self._process = None
+
+    def output(self) -> str | None:
+        """What the probe printed, once it has ended; None when it could not run or timed out."""
+        if self._process is None:
+            return None
+        try:
+            out, err = self._process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.cancel()
+            return None
+        return out if self._stdout else err
+
+    def cancel(self) -> None:
+        """Kill the probe (when the build failed and its answer is not needed) and reap it."""
+        if self._process is not None and self._process.returncode is None:
+            with contextlib.suppress(OSError):
+                self._process.kill()
+            self._process.communicate()
+
+
+def start_search_probe(command: Sequence[str], flags: Sequence[str], language: str, cwd: str,
+                       env: dict[str, str] | None) -> PendingProbe:
     """Ask the compiler (``-E -v`` of an empty input) where it looks for headers with these flags."""
     words = [*command, *_without_dependency_flags(flags), "-E", "-v", "-x", language, os.devnull, "-o", os.devnull]
-    try:
-        output = subprocess.run(words, cwd=cwd, env=env, capture_output=True, text=True, errors="replace",
-                                timeout=120, check=False).stderr
-    except (OSError, subprocess.SubprocessError):
+    return PendingProbe(words, cwd, env, stdout=False)
+
+
+def probe_search_path(command: Sequence[str], flags: Sequence[str], language: str, cwd: str,
+                      env: dict[str, str] | None) -> SearchPath:
+    """The search path of a probe run now (see start_search_probe)."""
+    return parse_search_path(start_search_probe(command, flags, language, cwd, env).output(), cwd)
+
+
+def parse_search_path(output: str | None, cwd: str) -> SearchPath:
+    """The folders (relative ones taken from ``cwd``) in the ``-E -v`` output of a search probe."""
+    if output is None:
         return SearchPath((), ())
     folders: list[str] = []
     missing: list[str] = []
@@ -115,9 +160,31 @@ def system_prefixes(builtin_folders: Iterable[str], cuda_home: str | None) -> tu
     return tuple(sorted({os.path.realpath(p) + os.sep for p in prefixes}))
 
 
-def header_kind(path: str, torch_prefix: str, system: tuple[str, ...], user: tuple[str, ...]) -> str:
-    """ "torch", "system" or "user" for a header the compiler read (see the module docstring)."""
-    real = os.path.realpath(path)
+def real_paths(paths: Iterable[str]) -> dict[str, str]:
+    """Each path's os.path.realpath, resolving each folder once: a build reads hundreds of headers from a
+    few folders, and realpath costs a system call per path component."""
+    folders: dict[str, str] = {}
+    result: dict[str, str] = {}
+    for path in paths:
+        if path in result:
+            continue
+        if os.path.islink(path):
+            result[path] = os.path.realpath(path)
+            continue
+        folder, name = os.path.split(os.path.abspath(path))
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        result[path] = os.path.join(folders[folder], name)
+    return result
+
+
+def header_kind(path: str, torch_prefix: str, system: tuple[str, ...], user: tuple[str, ...],
+                real: str | None = None) -> str:
+    """ "torch", "system" or "user" for a header the compiler read (see the module docstring).
+
+    ``real``: the path's realpath, when the caller has it (real_paths).
+    """
+    real = os.path.realpath(path) if real is None else real
     if real.startswith(user):
         return "user"
     if real.startswith(torch_prefix):

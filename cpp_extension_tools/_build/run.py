@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from . import progress as _progress
 from .. import _settings
+from . import progress as _progress
 from .state import BuildState, invalidate_outdated, object_digests, output_signatures, read_state, save_state
 from .._key import COMPILER_VARIABLES, BuildConfig
 from .driver import write_driver
@@ -33,7 +33,19 @@ from .elf import elf_problem
 from .._errors import DISK_FULL_ERRNOS, BuildError
 from .._cache.fs import atomic_write_bytes, make_dirs, remove_tree
 from .._cache.hashing import FileRecord, digest_file, record_file
-from .inputs import SearchPath, folder_listing_digest, header_kind, link_inputs, probe_search_path, searched_folders, system_prefixes, torch_include_folder
+from .inputs import (
+    PendingProbe,
+    SearchPath,
+    folder_listing_digest,
+    header_kind,
+    link_inputs,
+    parse_search_path,
+    real_paths,
+    searched_folders,
+    start_search_probe,
+    system_prefixes,
+    torch_include_folder,
+)
 from .._cache.manifest import FolderRecord, ToolRecord
 from .ninja_file import NINJA_FILE, prepare_ninja_file
 from .._env.toolchain import Toolchain
@@ -147,29 +159,38 @@ def _build_in(config: BuildConfig, toolchain: Toolchain, build_folder: str, know
                 "" if len(request.sources) == 1 else "s", build_folder)
     from .worker_support import with_unique_object_names
 
-    ninja_only = prepare_ninja_file(request, build_folder,
-                                    with_unique_object_names(list(request.sources), build_folder), driver)
     versions = _cached_compiler_versions(state, toolchain)
-    before = _stamp_before([*_dict(state.get("folders")), *link_folders,
-                            *(os.path.dirname(p) for p in request.sources), *request.include_paths])
-    started_ns, started = time.time_ns(), time.monotonic()
-    result = _run_worker(config, toolchain, build_folder, driver, versions is None, log_path, ninja_only)
-    seconds = time.monotonic() - started
-    if not result.get("ok"):
-        raise _failure(config, result, log_path, build_folder)
-    library = os.path.join(build_folder, f"{config.name}.so")
-    problem = elf_problem(library, f"PyInit_{config.name}")
-    if problem is not None:
-        raise _damaged_output(config, library, problem, log_path)
+    probes = _Probes(config, toolchain, build_folder, state, ask_versions=versions is None)
+    early = _EarlyWorker()
+    try:
+        early.start(config, toolchain, build_folder, driver)
+        ninja_only = prepare_ninja_file(request, build_folder,
+                                        with_unique_object_names(list(request.sources), build_folder), driver)
+        if ninja_only:
+            probes.start_with_build_flags()
+        before = _stamp_before([*_dict(state.get("folders")), *link_folders,
+                                *(os.path.dirname(p) for p in request.sources), *request.include_paths])
+        started_ns, started = time.time_ns(), time.monotonic()
+        result = _run_worker(config, toolchain, build_folder, driver, log_path, ninja_only, early)
+        seconds = time.monotonic() - started
+        if not result.get("ok"):
+            raise _failure(config, result, log_path, build_folder)
+        library = os.path.join(build_folder, f"{config.name}.so")
+        problem = elf_problem(library, f"PyInit_{config.name}")
+        if problem is not None:
+            raise _damaged_output(config, library, problem, log_path)
+        search = probes.search_paths()
+        versions = probes.versions() if versions is None else versions
+    finally:
+        probes.cancel()
+        early.stop()
     deps = result.get("deps", {})
-    search = _search_paths(config, toolchain, build_folder, state)
     inputs, headers = _collect_inputs(config, toolchain, deps, build_folder, search, link_files, snapshot,
                                       started_ns)
     exclude = (torch_include_folder() + os.sep, os.path.realpath(build_folder) + os.sep,
                os.path.abspath(build_folder) + os.sep)
     folders = searched_folders(search.values(), headers, request.sources, link_folders, exclude)
     folder_records, listings = _stamp_folders(folders, started_ns, before)
-    versions = result.get("compiler_versions", {}) if versions is None else versions
     save_state(build_folder, {
         "objects": object_digests(deps), "outputs": output_signatures([*deps, *(o + ".d" for o in deps), library]),
         "folders": listings, "kept_depfiles": ninja_only,
@@ -237,25 +258,75 @@ def _damaged_output(config: BuildConfig, library: str, problem: str, log_path: s
     return _Repairable(error, f"the linked binary is unusable ({problem})")
 
 
-def _search_paths(config: BuildConfig, toolchain: Toolchain, build_folder: str,
-                  state: BuildState) -> dict[str, SearchPath]:
-    """Per language: the folders searched with the build's flags, and ("builtin:<lang>") without them."""
-    flags = _ninja_flags(build_folder)
-    # nvcc's host compiles search the C++ compiler's folders.
-    languages = {"c": (toolchain.cc_command, "c"), "c++": (toolchain.cxx_command, "c++"),
-                 "cuda": (toolchain.cxx_command, "c++")}
-    cached = _dict(state.get("builtin_search"))
-    bare_env = {k: v for k, v in os.environ.items() if k not in COMPILER_VARIABLES}
-    result: dict[str, SearchPath] = {}
-    for language in sorted(config.request.languages):
-        command, spelling = languages[language]
-        result[language] = probe_search_path(command, flags, spelling, build_folder, None)
-        builtin = cached.get(f"builtin:{language}") if state.get("compiler_identity") else None
-        if isinstance(builtin, list) and all(isinstance(f, str) for f in builtin):
-            result[f"builtin:{language}"] = SearchPath(tuple(builtin), ())
-        else:
-            result[f"builtin:{language}"] = probe_search_path(command, [], spelling, build_folder, bare_env)
-    return result
+# Per language: the compiler whose search path it has (nvcc's host compiles search the C++ compiler's
+# folders) and its spelling for -x.
+_PROBED_AS = {"c": ("cc", "c"), "c++": ("cxx", "c++"), "cuda": ("cxx", "c++")}
+
+
+class _Probes:
+    """The compiler probes whose answers a build records, started before it so that they run while it does.
+
+    Per language, the folders searched with the build's flags (once build.ninja holds them) and
+    ("builtin:<lang>") without them, unless the state recorded those for the same compilers; each
+    compiler's ``--version`` unless its version is known. Their inputs (the compilers, the flags
+    written in build.ninja) do not change while the build runs.
+    """
+
+    def __init__(self, config: BuildConfig, toolchain: Toolchain, build_folder: str, state: BuildState,
+                 ask_versions: bool) -> None:
+        self._folder = build_folder
+        commands = {"cc": toolchain.cc_command, "cxx": toolchain.cxx_command}
+        self._languages = {language: (commands[role], spelling) for language, (role, spelling) in
+                           _PROBED_AS.items() if language in config.request.languages}
+        self._version_commands = toolchain.version_commands() if ask_versions else {}
+        self._pending: list[PendingProbe] = []
+        cached = _dict(state.get("builtin_search")) if state.get("compiler_identity") == toolchain.identity() else {}
+        bare_env = {k: v for k, v in os.environ.items() if k not in COMPILER_VARIABLES}
+        self._builtin: dict[str, SearchPath | PendingProbe] = {}
+        for language, (command, spelling) in self._languages.items():
+            recorded = cached.get(f"builtin:{language}")
+            if isinstance(recorded, list) and all(isinstance(f, str) for f in recorded):
+                self._builtin[language] = SearchPath(tuple(recorded), ())
+            else:
+                self._builtin[language] = self._start(start_search_probe(command, [], spelling, build_folder,
+                                                                         bare_env))
+        self._versions = {role: self._start(PendingProbe([*words, "--version"], build_folder, None, stdout=True))
+                          for role, words in self._version_commands.items()}
+        self._flagged: dict[str, PendingProbe] = {}
+
+    def _start(self, probe: PendingProbe) -> PendingProbe:
+        self._pending.append(probe)
+        return probe
+
+    def start_with_build_flags(self) -> None:
+        """Start the probes with the flags build.ninja holds now (the worker must not rewrite it)."""
+        flags = _ninja_flags(self._folder)
+        self._flagged = {language: self._start(start_search_probe(command, flags, spelling, self._folder, None))
+                         for language, (command, spelling) in self._languages.items()}
+
+    def search_paths(self) -> dict[str, SearchPath]:
+        """Per language, the search paths with and ("builtin:<lang>") without the build's flags."""
+        if not self._flagged:  # build.ninja was written by the worker (torch's load())
+            self.start_with_build_flags()
+        result: dict[str, SearchPath] = {}
+        for language in sorted(self._languages):
+            result[language] = parse_search_path(self._flagged[language].output(), self._folder)
+            builtin = self._builtin[language]
+            result[f"builtin:{language}"] = (builtin if isinstance(builtin, SearchPath)
+                                             else parse_search_path(builtin.output(), self._folder))
+        return result
+
+    def versions(self) -> dict[str, str]:
+        """Role -> the version line of each compiler (asked only when the state did not know them)."""
+        from .worker_support import version_line
+
+        return {role: version_line(self._version_commands[role], probe.output())
+                for role, probe in self._versions.items()}
+
+    def cancel(self) -> None:
+        """Kill and reap the probes still running: none outlives the build."""
+        for probe in self._pending:
+            probe.cancel()
 
 
 def _ninja_flags(build_folder: str) -> list[str]:
@@ -287,13 +358,14 @@ def _collect_inputs(config: BuildConfig, toolchain: Toolchain, deps: dict[str, l
     own = os.path.realpath(build_folder) + os.sep  # the stand-ins of sources with colliding object names
     headers: set[str] = set()
     tracked: set[str] = set()
-    for paths in deps.values():
-        for path in paths:
-            if path in request.sources or os.path.realpath(path).startswith(own):
-                continue
-            headers.add(os.path.abspath(path))
-            if header_kind(path, torch_prefix, system, user) == "user":
-                tracked.add(os.path.abspath(path))
+    sources = set(request.sources)
+    # Each object lists the same headers: every distinct one is looked at once.
+    for path, real in real_paths(p for paths in deps.values() for p in paths).items():
+        if path in sources or real.startswith(own):
+            continue
+        headers.add(os.path.abspath(path))
+        if header_kind(path, torch_prefix, system, user, real) == "user":
+            tracked.add(os.path.abspath(path))
     records = [_checked_record(p, snapshot, started_ns, deps)
                for p in [*request.sources, *sorted(tracked), *link_files] if os.path.isfile(p)]
     return records, sorted(headers)
@@ -416,27 +488,75 @@ def _add_launcher(env: dict[str, str], config: BuildConfig, toolchain: Toolchain
         env["CCACHE_EXTRAFILES"] = os.pathsep.join(filter(None, (env.get("CCACHE_EXTRAFILES"), path)))
 
 
-def _run_worker(config: BuildConfig, toolchain: Toolchain, build_folder: str, driver: str, ask_versions: bool,
-                log_path: str, ninja_only: bool) -> dict[str, Any]:
+_SPEC_FILE = "cpp_extension_tools_spec.json"
+_RESULT_FILE = "cpp_extension_tools_result.json"
+
+
+class _EarlyWorker:
+    """A ninja-only build worker started before build.ninja is generated, waiting for its spec.
+
+    Generating the file imports torch.utils.cpp_extension (~0.1-0.2 s, setuptools mostly); the
+    worker's own start (the interpreter, its imports: ~50-90 ms on a loaded 2-core machine) runs
+    meanwhile instead of after it. It reads its spec once it gets "g" on its standard input, and
+    exits without a result at end-of-file. CUDA builds (torch's load() in the worker, which needs
+    site-packages) start theirs when the spec is written.
+    """
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, config: BuildConfig, toolchain: Toolchain, build_folder: str, driver: str) -> None:
+        if not config.request.with_cuda:
+            self._process = _start_worker(config, toolchain, build_folder, driver, ninja_only=True, early=True)
+
+    def take(self, ninja_only: bool) -> subprocess.Popen[bytes] | None:
+        """The waiting worker, told to read its spec (None where it cannot run this build); the caller stops it."""
+        process, self._process = self._process, None
+        if process is None or not ninja_only:
+            if process is not None:  # torch's generator was not as expected: the worker needs torch
+                _stop_worker(process)
+            return None
+        if process.stdin is not None:
+            with contextlib.suppress(OSError):  # a worker that has died already: it leaves no result
+                process.stdin.write(b"g")
+                process.stdin.close()
+        return process
+
+    def stop(self) -> None:
+        """Stop the worker if it was never taken (the build failed before it ran)."""
+        process, self._process = self._process, None
+        if process is not None:
+            _stop_worker(process)
+
+
+def _start_worker(config: BuildConfig, toolchain: Toolchain, build_folder: str, driver: str, ninja_only: bool,
+                  early: bool) -> subprocess.Popen[bytes]:
+    env = _worker_environment(config, toolchain, driver)
+    # -S: without torch to import, the worker needs no site-packages, and starts in ~10 ms instead of ~40.
+    command = [sys.executable, *(["-S"] if ninja_only else []), _WORKER, os.path.join(build_folder, _SPEC_FILE),
+               os.path.join(build_folder, _RESULT_FILE), str(os.getpid()), *(["--wait"] if early else [])]
+    # A team cache: every member must be able to overwrite what the build writes (objects, the log).
+    umask = 0o007 if _settings.SHARED_CACHE.get() else -1
+    return subprocess.Popen(command, cwd=build_folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.PIPE if early else subprocess.DEVNULL, start_new_session=True,
+                            umask=umask)
+
+
+def _run_worker(config: BuildConfig, toolchain: Toolchain, build_folder: str, driver: str, log_path: str,
+                ninja_only: bool, early: _EarlyWorker) -> dict[str, Any]:
     request = config.request
-    spec = {**request.to_json(), "build_directory": build_folder, "ninja_only": ninja_only,
-            "compilers": toolchain.version_commands() if ask_versions else {}}
-    spec_path = os.path.join(build_folder, "cpp_extension_tools_spec.json")
-    result_path = os.path.join(build_folder, "cpp_extension_tools_result.json")
+    # The compilers' versions are asked by this process (_Probes), while the worker builds.
+    spec = {**request.to_json(), "build_directory": build_folder, "ninja_only": ninja_only, "compilers": {}}
+    spec_path = os.path.join(build_folder, _SPEC_FILE)
+    result_path = os.path.join(build_folder, _RESULT_FILE)
     atomic_write_bytes(spec_path, json.dumps(spec, indent=1).encode())
     with contextlib.suppress(FileNotFoundError):
         os.unlink(result_path)
-    env = _worker_environment(config, toolchain, driver)
-    # -S: without torch to import, the worker needs no site-packages, and starts in ~10 ms instead of ~40.
-    command = [sys.executable, *(["-S"] if ninja_only else []), _WORKER, spec_path, result_path, str(os.getpid())]
-    # A team cache: every member must be able to overwrite what the build writes (objects, the log).
-    umask = 0o007 if _settings.SHARED_CACHE.get() else -1
     progress = (_progress.BuildProgress(config.name, len(request.sources), log_path)
                 if _progress.enabled(request.verbose) else None)
     with _new_log(log_path) as log:
-        process = subprocess.Popen(command, cwd=build_folder, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, umask=umask)
+        process = early.take(ninja_only) or _start_worker(config, toolchain, build_folder, driver, ninja_only,
+                                                          early=False)
         try:
             _relay_output(process, log, request.verbose, progress)
         finally:
@@ -528,8 +648,10 @@ def _stop_worker(process: subprocess.Popen[bytes]) -> None:
     kill_session(process.pid)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=10)
-    if process.stdout is not None:
-        process.stdout.close()
+    for pipe in (process.stdout, process.stdin):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
 def _build_error(name: str, result: dict[str, Any], log_path: str) -> BuildError:

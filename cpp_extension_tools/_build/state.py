@@ -46,10 +46,17 @@ def save_state(build_folder: str, state: BuildState) -> None:
 
 def object_digests(deps: dict[str, list[str]]) -> dict[str, dict[str, str]]:
     """Each object's inputs with their content digests (inputs that vanished are left out)."""
+    digests: dict[str, str | None] = {}  # the objects share most headers: each is opened once
+    for path in {p for paths in deps.values() for p in paths}:
+        try:
+            digests[path] = digest_file(path)
+        except OSError:
+            digests[path] = None
     objects: dict[str, dict[str, str]] = {}
     for obj, paths in deps.items():
-        with contextlib.suppress(OSError):
-            objects[obj] = {p: digest_file(p) for p in paths}
+        found = {p: digests[p] for p in paths}
+        if None not in found.values():
+            objects[obj] = {p: d for p, d in found.items() if d is not None}
     return objects
 
 

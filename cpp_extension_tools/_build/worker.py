@@ -1,7 +1,8 @@
 """Build worker: runs ninja, or torch.utils.cpp_extension.load, in a process of its own.
 
-Run as ``python worker.py SPEC.json RESULT.json PARENT_PID`` by the
-library: it depends on nothing but the standard library, the two modules
+Run as ``python worker.py SPEC.json RESULT.json PARENT_PID [--wait]`` by the
+library (``--wait``: started before the spec is written, it reads it once told so on
+stdin): it depends on nothing but the standard library, the two modules
 written for it (worker_support.py beside it, ../_env/cuda.py), which it loads
 from their files, and torch in the second mode, so it works whatever the
 parent's sys.path. This file is the worker's
@@ -26,8 +27,9 @@ left of it before building.
 
 from __future__ import annotations
 
-# Only what the ninja-only mode needs is imported here: the others (logging, re, traceback) would add
-# ~10 ms to every rebuild on a small machine, and are imported where the torch mode or an error needs them.
+# Only what the ninja-only mode needs is imported here (re comes with json): the others (logging,
+# traceback) would add ~10 ms to every rebuild on a small machine, and are imported where the torch mode
+# or an error needs them.
 import json
 import os
 import signal
@@ -130,11 +132,7 @@ def _version_line(command: list[str]) -> str:
         out = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    lines = [line for line in out.splitlines() if line.strip()]
-    if not lines:
-        return "unknown"
-    # nvcc prints its release on the last lines, gcc and clang on the first.
-    return lines[-2] if "nvcc" in command[0] and len(lines) > 1 else lines[0]
+    return support.version_line(command, out)
 
 
 def _run_ninja(build_directory: str, name: str) -> None:
@@ -272,9 +270,19 @@ def _escape_torch_ninja_files(cpp_extension: Any) -> None:
     cpp_extension._write_ninja_file = write_escaped
 
 
+def _spec_is_written() -> bool:
+    """Started ahead of its spec (``--wait``): block until the library says it is written ("g" on stdin).
+
+    End-of-file instead: the library no longer needs this worker (its build failed before it ran).
+    """
+    return os.read(0, 1) == b"g"
+
+
 def main() -> int:
     spec_path, result_path, parent_pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
     _die_with_parent(parent_pid)
+    if sys.argv[4:] == ["--wait"] and not _spec_is_written():
+        return 1
     with open(spec_path, encoding="utf-8") as f:
         spec = json.load(f)
     leftovers = support.claim_build_folder(spec["build_directory"])

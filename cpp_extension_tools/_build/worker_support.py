@@ -2,7 +2,7 @@
 
 The build worker runs as a script (``python -S _build/worker.py``) and imports
 this module from beside it, whatever the parent's sys.path; the library
-imports it as ``cpp_extension_tools._worker_support``. Here: the build's
+imports it as ``cpp_extension_tools._build.worker_support``. Here: the build's
 session (kill it, stop what ninja left running, claim and release the build
 folder), the stand-ins that give sources unique object names, gcc's depfiles,
 and the escaping of torch's build.ninja.
@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re  # loaded anyway: json uses it
 import signal
 
 __all__ = ["SESSION_FILE", "UNIQUE_SOURCES_FOLDER", "claim_build_folder", "escape_ninja_text", "kill_session",
-           "parse_depfile", "release_build_folder", "stop_stragglers", "with_unique_object_names"]
+           "parse_depfile", "release_build_folder", "stop_stragglers", "version_line", "with_unique_object_names"]
 
 
 def kill_session(session: int) -> None:
@@ -203,30 +204,20 @@ def parse_depfile(text: str) -> list[str]:
     """The prerequisites in a make-style depfile as gcc writes it (``\\ `` a space, ``\\#`` a hash, ``$$`` a dollar)."""
     text = text.replace("\\\n", " ").replace("\\\r\n", " ")
     _, _, prerequisites = text.partition(": ")
-    words: list[str] = []
-    current: list[str] = []
-    index = 0
-    while index < len(prerequisites):
-        char = prerequisites[index]
-        following = prerequisites[index + 1:index + 2]
-        if char == "\\" and following in (" ", "#", "\\"):
-            current.append(following)
-            index += 2
-            continue
-        if char == "$" and following == "$":
-            current.append("$")
-            index += 2
-            continue
-        if char in " \t\n":
-            if current:
-                words.append("".join(current))
-                current = []
-        else:
-            current.append(char)
-        index += 1
-    if current:
-        words.append("".join(current))
+    # A word: escapes and other characters up to a blank; one regular expression instead of a loop
+    # over the characters, which took ~15 ms per depfile of a torch extension (300 headers).
+    words = [_ESCAPE.sub(_unescaped, word) if "\\" in word or "$" in word else word
+             for word in _DEPFILE_WORD.findall(prerequisites)]
     return [w for w in words if not w.endswith(":")]
+
+
+_DEPFILE_WORD = re.compile(r"(?:\\[ #\\]|\$\$|[^ \t\n])+")
+_ESCAPE = re.compile(r"\\([ #\\])|\$\$")
+
+
+def _unescaped(match: re.Match[str]) -> str:
+    return match.group(1) or "$"
+
 
 # Variables torch writes whose values are flags and paths, never references to ninja variables.
 _NINJA_VALUE_LINES = ("cxx = ", "nvcc = ", "sycl = ", "cflags = ", "post_cflags = ", "cuda_cflags = ",
@@ -241,7 +232,6 @@ def escape_ninja_text(text: str) -> str:
     (silently compiling another file), and a ":" in a path ended the list of outputs. Here every
     "$" that is not torch's own "$ " becomes "$$", and ":" in build statements' paths "$:".
     """
-    import re  # not for CPU builds' worker: the caller escapes their file
 
     unescaped_dollar = re.compile(r"\$(?! )")
     lines = []
@@ -256,3 +246,12 @@ def escape_ninja_text(text: str) -> str:
             line = f"build {outputs}: {rule} {inputs}" if inputs else f"build {outputs}: {rule}"
         lines.append(line)
     return "".join(lines)
+
+
+def version_line(command: list[str], output: str | None) -> str:
+    """The line that names the version in what ``command --version`` printed ("unknown" without one)."""
+    lines = [line for line in (output or "").splitlines() if line.strip()]
+    if not lines:
+        return "unknown"
+    # nvcc prints its release on the last lines, gcc and clang on the first.
+    return lines[-2] if "nvcc" in command[0] and len(lines) > 1 else lines[0]
