@@ -139,16 +139,19 @@ def record_file(path: str, expected_sha256: str | None = None) -> FileRecord:
     return FileRecord(path, st.st_size, st.st_mtime_ns if trusted else 0, sha, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
-def file_matches(record: FileRecord) -> bool:
-    """True when the file on disk still has the recorded content.
+def file_matches(record: FileRecord, path: str | None = None) -> bool:
+    """True when the file on disk (``record.path``, or ``path`` for a record that names it relatively)
+    still has the recorded content.
 
     A stat matching in size, mtime, ctime, inode and device is trusted without reading the file;
     otherwise the content is hashed (a ``touch`` or a checkout of identical content is not a change).
     What a stat cannot see: bytes changed with every stat field intact (bit rot, or a raw write to the
     block device).
     """
+    if path is None:
+        path = record.path
     try:
-        st = os.stat(record.path)
+        st = os.stat(path)
     except OSError:
         return False
     if record.stat_matches(st):
@@ -156,6 +159,6 @@ def file_matches(record: FileRecord) -> bool:
     if st.st_size != record.size or not stat.S_ISREG(st.st_mode):
         return False
     try:
-        return digest_file(record.path) == record.sha256
+        return digest_file(path) == record.sha256
     except OSError:
         return False

@@ -204,7 +204,8 @@ class ModuleStore:
         if changed:
             return None, changed, False
         library = os.path.join(folder, manifest.library_file)
-        if check_library and not _library_intact(library, manifest.library):
+        # The library's record names it relative to its artifact folder.
+        if check_library and not file_matches(manifest.library, library):
             return None, f"the cached binary {library} is damaged (it differs from its manifest)", True
         return manifest, "", False  # trust is checked where it is loaded, on the file it loads
 
@@ -450,22 +451,6 @@ def _replace_file_with_folder(path: str) -> None:
     if not stat.S_ISDIR(info.st_mode) and not stat.S_ISLNK(info.st_mode):
         logger.warning("deleting %s: the cache expects a folder there", path)
         os.unlink(path)
-
-
-def _library_intact(path: str, record: FileRecord) -> bool:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    if record.stat_matches(st):
-        return True
-    if st.st_size != record.size or not stat.S_ISREG(st.st_mode):
-        return False
-    # Same size, other stamps (copied, touched, or bytes overwritten in place): read it.
-    try:
-        return digest_file(path) == record.sha256
-    except OSError:
-        return False
 
 
 def read_hint(path: str) -> str | None:
