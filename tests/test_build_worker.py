@@ -5,8 +5,10 @@ from __future__ import annotations
 import ast
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,6 +18,7 @@ import pytest
 from cpp_extension_tools._build import worker as _build_worker
 from cpp_extension_tools._build import worker_support as _worker_support
 from cpp_extension_tools._env import cuda as _cuda
+from tests.conftest import CompilerLog, run_python, write_module
 
 PACKAGE = Path(_build_worker.__file__).parents[1]
 # The modules the worker loads from their files (written for it, standard library only), by file; how its
@@ -131,3 +134,49 @@ def test_a_worker_started_ahead_of_its_spec_waits_for_it_and_leaves_at_end_of_fi
     assert worker.wait(timeout=30) == 1
     assert worker.stdout.read() == b"" and not result.exists()
     worker.stdout.close()
+
+
+def _process_gone(pid: int, timeout: float) -> bool:
+    """Whether ``pid`` has exited (or is a zombie nobody reaps) within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.slow
+def test_a_caller_killed_after_starting_its_early_worker_leaves_no_worker_and_no_obstacle(
+        tmp_path: Path, compilers: CompilerLog, cache_root: Path) -> None:
+    """SIGKILL between the early worker's start and its "g": the worker must leave (no spec read, nothing
+    built), and the next caller builds the module once and loads it."""
+    sources = write_module(tmp_path / "src")
+    pid_file = tmp_path / "worker.pid"
+    killed = run_python(f"""
+        import os, signal
+        from cpp_extension_tools._build import run
+        start = run._EarlyWorker.start
+        def start_then_die(self, *args, **kwargs):
+            start(self, *args, **kwargs)
+            with open({str(pid_file)!r}, "w") as f:
+                f.write(str(self._process.pid))
+            os.kill(os.getpid(), signal.SIGKILL)  # before the spec is written and the worker told "g"
+        run._EarlyWorker.start = start_then_die
+        from cpp_extension_tools import cached_load_torch_cpp_extension
+        cached_load_torch_cpp_extension("early_killed", {sources!r})
+    """, check=False, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    worker_pid = int(pid_file.read_text())
+    assert _process_gone(worker_pid, timeout=30), f"the early worker {worker_pid} outlived its killed caller"
+    assert compilers.compiles() == []  # it built nothing
+    loaded = run_python(f"""
+        from cpp_extension_tools import cached_load_torch_cpp_extension
+        print(cached_load_torch_cpp_extension("early_killed", {sources!r}).answer())
+    """, timeout=300)
+    assert loaded.stdout.split() == ["42"]
+    assert sorted(compilers.compiled_sources()) == sorted(os.path.basename(s) for s in sources)
