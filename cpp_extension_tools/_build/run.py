@@ -175,8 +175,9 @@ def _build_in(config: BuildConfig, toolchain: Toolchain, build_folder: str, know
         seconds = time.monotonic() - started
         if not result.get("ok"):
             raise _failure(config, result, log_path, build_folder)
-        library = os.path.join(build_folder, f"{config.name}.so")
-        problem = elf_problem(library, f"PyInit_{config.name}")
+        library = os.path.join(build_folder, request.artifact_file)
+        problem = elf_problem(library, f"PyInit_{config.name}" if request.is_python_module else None,
+                              executable=request.is_standalone)
         if problem is not None:
             raise _damaged_output(config, library, problem, log_path)
         search = probes.search_paths()
@@ -251,7 +252,9 @@ _LOCATED_ERROR = re.compile(r"^[^\s:][^:]*:\d+(?::\d+)?: (?:fatal )?error")
 
 def _damaged_output(config: BuildConfig, library: str, problem: str, log_path: str) -> _Repairable:
     hint = (f"A Python module must define PyInit_{config.name} (in C: PyMODINIT_FUNC PyInit_{config.name}(void), "
-            "or use the TORCH_EXTENSION_NAME macro; with pybind11: PYBIND11_MODULE(TORCH_EXTENSION_NAME, m))."
+            "or use the TORCH_EXTENSION_NAME macro; with pybind11: PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)); "
+            "a library of TORCH_LIBRARY operators is no Python module: pass is_python_module=False to load it "
+            "with torch.ops.load_library. Nothing was published."
             if "does not define" in problem else "Nothing was published.")
     error = BuildError(f"Error building extension {config.name!r}: the linked binary {library} is unusable: "
                        f"{problem}. {hint}\nFull build log: {log_path}", name=config.name, log_path=log_path)

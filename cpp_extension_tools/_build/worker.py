@@ -235,7 +235,8 @@ def _build_with_torch(spec: dict[str, Any], result: dict[str, Any]) -> None:
         extra_cflags=spec["cflags"],
         extra_cuda_cflags=cuda_cflags, extra_ldflags=spec["ldflags"],
         extra_include_paths=spec["include_paths"], build_directory=spec["build_directory"],
-        verbose=True, with_cuda=spec["with_cuda"], is_python_module=False)
+        verbose=True, with_cuda=spec["with_cuda"], is_python_module=False,
+        is_standalone=spec.get("is_standalone", False))
 
 
 def _cuda_arch_list() -> str:
