@@ -92,23 +92,53 @@ def _have_proc_fd() -> bool:
     return _proc_fd[0]
 
 
+_imported_from: dict[str, str] = {}  # module name -> the binary this process imported it from last
+
+
 def _exec_extension(name: str, location: str, shown: str | None = None) -> ModuleType:
     """Import ``name`` from ``location``; ``shown``: the path its ``__file__`` is set to afterwards."""
     loader = importlib.machinery.ExtensionFileLoader(name, location)
     spec = importlib.util.spec_from_file_location(name, location, loader=loader)
     if spec is None:  # only for paths without an extension-module suffix
         raise ImportError(f"cannot import {name!r} from {location!r}", name=name, path=location)
+    previous = _imported_from.get(name)
+    if previous is not None and previous != location:
+        _forget_pybind11_module(name)  # another binary of the same name: a rebuild in this process
     module = importlib.util.module_from_spec(spec)
     earlier = getattr(module, "__file__", location)
     if earlier != location and earlier != shown:  # the same binary loaded again is the same module
-        raise ImportError(_stale_module_message(name, location, earlier), name=name, path=location)
+        raise ImportError(_stale_module_message(name, shown or location, earlier), name=name, path=location)
     loader.exec_module(module)
+    _imported_from[name] = location
     return module
 
 
+def _forget_pybind11_module(name: str) -> None:
+    """Drop ``name`` from pybind11 3's per-interpreter module cache, so a rebuilt binary makes a new module.
+
+    pybind11 3's Py_mod_create slot returns the module it cached under the spec's name, whatever binary
+    asks: without this, the rebuilt module would be the old one. torch avoids it by renaming each
+    rebuild name_v<N>; a C module's init hard-codes its name, so renaming cannot be the general answer.
+    """
+    import ctypes  # a rebuild in this process only
+
+    # Private function objects: setting restype on ctypes.pythonapi's would change them for everyone.
+    get_state = ctypes.PYFUNCTYPE(ctypes.c_void_p)(("PyInterpreterState_Get", ctypes.pythonapi))
+    get_dict = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)(("PyInterpreterState_GetDict", ctypes.pythonapi))
+    pointer = get_dict(get_state())
+    if not pointer:  # no per-interpreter dict: pybind11 cannot have cached anything in it
+        return
+    # A borrowed reference: read through a cast (which takes a reference of its own), never as a
+    # py_object result, which ctypes would release once more than it was taken.
+    state = ctypes.cast(pointer, ctypes.py_object).value
+    cache = state.get("__pybind11_module_cache") if isinstance(state, dict) else None
+    if isinstance(cache, dict) and cache.pop(name, None) is not None:
+        logger.debug("%s: forgot pybind11's cached module of that name before importing its rebuild", name)
+
+
 def _stale_module_message(name: str, location: str, earlier: object) -> str:
-    # pybind11 3's Py_mod_create slot returns the module it made before under the same name, whatever
-    # binary asked: the new code would be silently invisible (CPython sets __file__ only on new modules).
+    # The safety net behind _forget_pybind11_module: an init that hands back a module made before (CPython
+    # sets __file__ only on new modules) would make the new code silently invisible.
     return (f"{name}: the rebuilt binary {location} was loaded, but its module init handed back the module "
             f"this process imported before from {earlier} (pybind11 keeps one module per name per process), "
             "so the new code would not be visible. Restart the process to use the new build (it is cached: "
