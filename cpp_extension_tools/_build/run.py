@@ -103,7 +103,7 @@ def run_build(config: BuildConfig, toolchain: Toolchain, build_folder: str) -> B
     known: set[str] = set()
     for attempt in range(1, _BUILD_ATTEMPTS + 1):
         try:
-            return _build_repairing(config, toolchain, build_folder, known)
+            outcome = _build_repairing(config, toolchain, build_folder, known)
         except _InputsChanged as changed:
             known.update(p for paths in changed.deps.values() for p in paths)
             if attempt == _BUILD_ATTEMPTS:
@@ -112,6 +112,11 @@ def run_build(config: BuildConfig, toolchain: Toolchain, build_folder: str) -> B
                     f"compiled, {attempt} times in a row; nothing was published. Call again once the edits "
                     "are done.", name=config.name, log_path=os.path.join(build_folder, "build.log")) from None
             logger.warning("%s: %s changed while it was being compiled; building again", config.name, changed.path)
+            continue
+        from .abi import warn_if_abi_incompatible
+
+        warn_if_abi_incompatible(config.name, outcome.details.get("compiler_versions"))
+        return outcome
     raise AssertionError("unreachable")
 
 
