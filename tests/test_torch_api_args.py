@@ -10,11 +10,15 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 import cpp_extension_tools as cet
 from cpp_extension_tools._arguments import BuildRequest, validated_request
+from cpp_extension_tools._build import worker as _build_worker
+from cpp_extension_tools._env import cuda as _cuda
 from cpp_extension_tools._key import BuildConfig
 from tests.conftest import CompilerLog, last_json, run_python, write_module
 
@@ -240,3 +244,59 @@ def test_a_pybind11_module_rebuilt_in_process_is_the_new_one(tmp_path: Path) -> 
                                                            build_directory={root!r}).answer()))
     """
     assert last_json(run_python(fresh).stdout) == 3
+
+
+# --- CUDA wheels' header folders ---
+
+def _fake_torch(site: Path, cuda: str | None) -> SimpleNamespace:
+    (site / "torch").mkdir(parents=True, exist_ok=True)
+    (site / "torch" / "__init__.py").write_text("")
+    return SimpleNamespace(__file__=str(site / "torch" / "__init__.py"), version=SimpleNamespace(cuda=cuda))
+
+
+def test_a_cuda_wheels_nvidia_header_folders_are_found(tmp_path: Path) -> None:
+    site = tmp_path / "site-packages"
+    for library in ("cusparse", "cublas", "cu13"):
+        (site / "nvidia" / library / "include").mkdir(parents=True)
+    (site / "nvidia" / "nccl" / "lib").mkdir(parents=True)  # no headers: not listed
+    (site / "nvidia" / "__init__.py").write_text("")
+    expected = [str(site / "nvidia" / lib / "include") for lib in ("cu13", "cublas", "cusparse")]
+    assert _cuda.wheel_include_folders(_fake_torch(site, "13.0")) == expected
+    assert _cuda.wheel_include_folders(_fake_torch(site, None)) == []  # a CPU torch
+    assert _cuda.wheel_include_folders(_fake_torch(tmp_path / "elsewhere", "13.0")) == []  # not from the wheels
+
+
+def test_the_wheel_header_folders_come_after_the_users(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.utils.cpp_extension as cpp_extension
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(_build_worker, "_cuda_arch_list", lambda: "8.0")
+    monkeypatch.setattr(_build_worker, "_escape_torch_ninja_files", lambda module: None)
+    monkeypatch.setattr(_cuda, "wheel_include_folders", lambda torch: ["/site/nvidia/cublas/include"])
+    spec = {"name": "k", "sources": [str(tmp_path / "k.cu")], "cflags": [], "cuda_cflags": [], "ldflags": [],
+            "include_paths": ["/user/include"], "build_directory": str(tmp_path), "with_cuda": True}
+    _build_worker._build_with_torch(spec, {})
+    assert calls[0]["extra_include_paths"] == ["/user/include", "/site/nvidia/cublas/include"]
+    _build_worker._build_with_torch({**spec, "with_cuda": False}, {})  # a CPU build gets none
+    assert calls[1]["extra_include_paths"] == ["/user/include"]
+
+
+_CUDA_CONTEXT = """\
+#include <torch/extension.h>
+#include <ATen/cuda/CUDAContext.h>
+int sm_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("sm_count", &sm_count); }
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.cuda_build
+def test_a_source_including_cuda_context_builds_with_a_cuda_wheel(tmp_path: Path) -> None:
+    import torch
+
+    if torch.version.cuda is None or _cuda.find_nvcc() is None:
+        pytest.skip("needs a CUDA torch and nvcc")
+    source = _source(tmp_path, "context.cu", _CUDA_CONTEXT)
+    module = cet.cached_load_torch_cpp_extension("cuda_context_ext", [source], build_directory=tmp_path / "cache")
+    assert callable(module.sm_count)
