@@ -138,6 +138,27 @@ def test_a_plain_library_is_cached_loaded_once_and_its_path_returned(tmp_path: P
     assert mark.read_text() == "loaded\n" * 2
 
 
+_OPS = """\
+#include <torch/library.h>
+#include <ATen/ATen.h>
+static at::Tensor add_one(const at::Tensor &x) { return x + 1; }
+TORCH_LIBRARY(api_args_ops, m) { m.def("add_one(Tensor x) -> Tensor", &add_one); }
+"""
+
+
+@pytest.mark.slow
+def test_a_library_of_torch_operators_registers_them(tmp_path: Path) -> None:
+    source = _source(tmp_path, "ops.cpp", _OPS)
+    code = f"""
+        import json, torch, cpp_extension_tools as c
+        path = c.cached_load_torch_cpp_extension("api_args_ops", [{source!r}], is_python_module=False,
+                                                 build_directory={str(tmp_path / 'cache')!r})
+        print(json.dumps([path, torch.ops.api_args_ops.add_one(torch.zeros(2)).tolist()]))
+    """
+    path, values = last_json(run_python(code).stdout)  # type: ignore[misc]
+    assert path.endswith("api_args_ops.so") and values == [1.0, 1.0]
+
+
 _PROGRAM = """\
 #include <stdio.h>
 int main(int argc, char **argv) { (void)argv; printf("standalone %d\\n", argc); return 0; }
