@@ -321,3 +321,32 @@ def test_a_source_including_cuda_context_builds_with_a_cuda_wheel(tmp_path: Path
     source = _source(tmp_path, "context.cu", _CUDA_CONTEXT)
     module = cet.cached_load_torch_cpp_extension("cuda_context_ext", [source], build_directory=tmp_path / "cache")
     assert callable(module.sm_count)
+
+
+@pytest.mark.slow
+def test_an_executable_is_linked_again_when_a_library_in_its_flags_changes(tmp_path: Path,
+                                                                            compilers: CompilerLog) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+
+    def write_library(value: int) -> None:
+        (lib / "foo.c").write_text(f"int foo(void) {{ return {value}; }}\n")
+        subprocess.run(["gcc", "-c", "-fPIC", str(lib / "foo.c"), "-o", str(lib / "foo.o")], check=True)
+        (lib / "libfoo.a").unlink(missing_ok=True)
+        subprocess.run(["ar", "rcs", str(lib / "libfoo.a"), str(lib / "foo.o")], check=True)
+
+    source = _source(tmp_path, "uses_foo.c", '#include <stdio.h>\nint foo(void);\n'
+                                             'int main(void) { printf("%d\\n", foo()); return 0; }\n')
+    code = f"""
+        import json, cpp_extension_tools as c
+        print(json.dumps(c.cached_load_torch_cpp_extension(
+            "uses_foo", [{source!r}], is_python_module=False, is_standalone=True,
+            extra_ldflags=["-L{lib}", "-lfoo"], build_directory={str(tmp_path / 'cache')!r})))
+    """
+    outputs = []
+    for value in (1, 2):
+        write_library(value)
+        path = last_json(run_python(code, env=compilers.env).stdout)
+        assert isinstance(path, str)
+        outputs.append(subprocess.run([path], capture_output=True, text=True, check=True).stdout)
+    assert outputs == ["1\n", "2\n"]
