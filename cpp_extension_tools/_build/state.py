@@ -96,7 +96,10 @@ def invalidate_outdated(build_folder: str, state: BuildState, compiler_identity:
     if relink or not all(_same_content(p, d) for p, d in _dict(state.get("link_inputs")).items()):
         # ninja does not know the libraries named in the flags, and a build.ninja damaged to hold no
         # rules would not relink after an object was removed: the binary is linked again either way.
-        for library in (p for p in _outputs_in(here) if p.endswith(".so")):
+        # The recorded outputs that are not objects: the binary, also when it is an executable without ".so".
+        linked = [p for p in _dict(state.get("outputs")) if not p.endswith((".o", ".d"))
+                  and os.path.dirname(os.path.abspath(p)) == here]
+        for library in dict.fromkeys([*(p for p in _outputs_in(here) if p.endswith(".so")), *linked]):
             _remove(library)
 
 
