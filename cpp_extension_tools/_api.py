@@ -9,10 +9,10 @@ import sys
 import time
 from collections.abc import Iterable
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, overload
 
 from . import _settings
-from ._arguments import BuildRequest, validated_request
+from ._arguments import BuildRequest, check_prebuilt_kind, validated_request
 from ._cache.hashing import digest_fd
 from ._cache.manifest import Manifest
 from ._cache.root import resolve_root
@@ -34,9 +34,50 @@ _thread_locks: dict[str, ForkSafeLock] = {}
 _thread_locks_guard = ForkSafeLock()
 
 
+@overload
 def cached_load_torch_cpp_extension(
     name: str,
     sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *positional: object,
+    extra_include_paths: Iterable[str | os.PathLike[str]] = ...,
+    extra_cflags: Iterable[str] | None = ...,
+    extra_cuda_cflags: Iterable[str] | None = ...,
+    extra_ldflags: Iterable[str] = ...,
+    verbose: bool = ...,
+    build_directory: str | os.PathLike[str] | None = ...,
+    with_cuda: bool | None = ...,
+    prebuilt_path: str | os.PathLike[str] | None = ...,
+    is_python_module: Literal[True] = ...,
+    is_standalone: Literal[False] = ...,
+    keep_intermediates: bool = ...,
+    use_pch: bool = ...,
+) -> ModuleType: ...
+
+
+@overload
+def cached_load_torch_cpp_extension(
+    name: str,
+    sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *positional: object,
+    extra_include_paths: Iterable[str | os.PathLike[str]] = ...,
+    extra_cflags: Iterable[str] | None = ...,
+    extra_cuda_cflags: Iterable[str] | None = ...,
+    extra_ldflags: Iterable[str] = ...,
+    verbose: bool = ...,
+    build_directory: str | os.PathLike[str] | None = ...,
+    with_cuda: bool | None = ...,
+    prebuilt_path: str | os.PathLike[str] | None = ...,
+    is_python_module: bool = ...,
+    is_standalone: bool = ...,
+    keep_intermediates: bool = ...,
+    use_pch: bool = ...,
+) -> ModuleType | str: ...
+
+
+def cached_load_torch_cpp_extension(
+    name: str,
+    sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *positional: object,  # empty on a correct call; caught to say why (torch's order differs)
     extra_include_paths: Iterable[str | os.PathLike[str]] = (),
     extra_cflags: Iterable[str] | None = None,
     extra_cuda_cflags: Iterable[str] | None = None,
@@ -45,8 +86,15 @@ def cached_load_torch_cpp_extension(
     build_directory: str | os.PathLike[str] | None = None,
     with_cuda: bool | None = None,
     prebuilt_path: str | os.PathLike[str] | None = None,
-) -> ModuleType:
+    is_python_module: bool = True,
+    is_standalone: bool = False,
+    keep_intermediates: bool = True,
+    use_pch: bool = True,
+) -> ModuleType | str:
     """Build (once) and import a C, C++ or CUDA extension module.
+
+    Every argument after ``sources`` is keyword-only (torch's ``load`` takes them in another order,
+    so a positional call would mean something else; ``patch_torch()`` gives torch's order).
 
     The binary is cached under ``build_directory``, else the folder in
     ``CACHED_CPP_EXTENSION_BUILD_DIR``, else ``./cached_cpp_extensions``. It
@@ -60,6 +108,18 @@ def cached_load_torch_cpp_extension(
     when it was built for this torch, Python, CPU baseline and GPU; otherwise
     the module is built (one log line says why), or, with
     ``CACHED_CPP_EXTENSION_DISABLE_JIT=1``, a BuildError says why instead.
+
+    What is built, as in torch's ``load``: ``is_python_module=True`` (the
+    default) builds a Python module and returns it, imported.
+    ``is_python_module=False`` builds a plain shared library (operators
+    registered with ``TORCH_LIBRARY``), cached the same way, loads it into the
+    process with ``torch.ops.load_library`` (once per process) and returns its
+    path. ``is_standalone=True`` (with ``is_python_module=False``) links an
+    executable, cached the same way, and returns its path without running it.
+    ``keep_intermediates=False`` deletes the build folder (object files, the
+    log) once the binary is published: a later edit then recompiles every
+    source. ``use_pch=False`` does not use the shared precompiled torch header
+    for this call. Neither of those two changes the binary or the cache key.
 
     Raises:
         BuildError: compiling or linking failed (the message shows the first
@@ -76,13 +136,27 @@ def cached_load_torch_cpp_extension(
             FileNotFoundError also says when the C or C++ compiler (``CC``,
             ``CXX``) is not found.
     """
+    if positional:
+        raise _positional_error(len(positional))
     request = validated_request(name, sources, extra_include_paths, extra_cflags, extra_cuda_cflags, extra_ldflags,
-                                verbose, with_cuda)
+                                verbose, with_cuda, is_python_module=is_python_module, is_standalone=is_standalone,
+                                keep_intermediates=keep_intermediates, use_pch=use_pch)
+    if prebuilt_path is not None:
+        check_prebuilt_kind(request)
     return load_request(request, build_directory, prebuilt_path)
 
 
+def _positional_error(count: int) -> TypeError:
+    return TypeError(
+        f"cached_load_torch_cpp_extension() takes 2 positional arguments (name, sources) but {count + 2} were "
+        "given: the arguments after `sources` are keyword-only. torch.utils.cpp_extension.load takes them in "
+        "another order (name, sources, extra_cflags, extra_cuda_cflags, extra_ldflags, extra_include_paths, "
+        "build_directory, verbose, ...), which is the likely cause: name each one (extra_cflags=[...]), or "
+        "keep torch's call and use cpp_extension_tools.patch_torch()")
+
+
 def load_request(request: BuildRequest, build_directory: str | os.PathLike[str] | None,
-                 prebuilt_path: str | os.PathLike[str] | None = None) -> ModuleType:
+                 prebuilt_path: str | os.PathLike[str] | None = None) -> ModuleType | str:
     """cached_load_torch_cpp_extension after its argument checks (the prebuilt builder starts here too)."""
     verbose = request.verbose
     prebuilt_skipped, prebuilt_there = "", False

@@ -16,10 +16,11 @@ from typing import Any
 from ._env.flags import absolute_path_flags, get_default_cpp_cflags, get_default_cuda_cflags
 from ._sources import language_of
 
-__all__ = ["BuildRequest", "validated_request"]
+__all__ = ["BuildRequest", "check_prebuilt_kind", "validated_request"]
 
 # The arguments, in the order of the call's signature; a request also holds what validation derives.
-_ARGUMENTS = ("name", "sources", "include_paths", "cflags", "cuda_cflags", "ldflags", "with_cuda", "verbose")
+_ARGUMENTS = ("name", "sources", "include_paths", "cflags", "cuda_cflags", "ldflags", "with_cuda", "verbose",
+              "is_python_module", "is_standalone", "keep_intermediates", "use_pch")
 
 
 class BuildRequest:
@@ -38,11 +39,16 @@ class BuildRequest:
     ldflags: tuple[str, ...]
     with_cuda: bool
     verbose: bool
+    is_python_module: bool  # False: a plain shared library (torch.ops.load_library), or an executable
+    is_standalone: bool  # an executable, not loaded
+    keep_intermediates: bool  # False: only the artifact stays after publication
+    use_pch: bool  # the shared precompiled torch header may be used
     languages: frozenset[str]  # of the sources: "c", "c++", "cuda"
 
     def __init__(self, name: str, sources: tuple[str, ...], include_paths: tuple[str, ...], cflags: tuple[str, ...],
                  cuda_cflags: tuple[str, ...], ldflags: tuple[str, ...], with_cuda: bool, verbose: bool,
-                 languages: frozenset[str] | None = None) -> None:
+                 languages: frozenset[str] | None = None, *, is_python_module: bool = True,
+                 is_standalone: bool = False, keep_intermediates: bool = True, use_pch: bool = True) -> None:
         init = object.__setattr__
         init(self, "name", name)
         init(self, "sources", sources)
@@ -52,6 +58,10 @@ class BuildRequest:
         init(self, "ldflags", ldflags)
         init(self, "with_cuda", with_cuda)
         init(self, "verbose", verbose)
+        init(self, "is_python_module", is_python_module)
+        init(self, "is_standalone", is_standalone)
+        init(self, "keep_intermediates", keep_intermediates)
+        init(self, "use_pch", use_pch)
         # Validation passes the languages it found while checking each source.
         init(self, "languages", frozenset(map(language_of, sources)) if languages is None else languages)
 
@@ -65,6 +75,11 @@ class BuildRequest:
         fields = ", ".join(f"{field}={getattr(self, field)!r}" for field in _ARGUMENTS)
         return f"BuildRequest({fields})"
 
+    @property
+    def artifact_file(self) -> str:
+        """The file name of the binary: ``<name>.so``, or ``<name>`` for an executable."""
+        return self.name if self.is_standalone else f"{self.name}.so"
+
     def to_json(self) -> dict[str, Any]:
         """The arguments as JSON-ready data (the build worker's spec starts from it)."""
         return {field: _json_ready(getattr(self, field)) for field in _ARGUMENTS}
@@ -75,12 +90,15 @@ def _json_ready(value: object) -> object:
 
 
 def validated_request(name: object, sources: object, include_paths: object, cflags: object, cuda_cflags: object,
-                      ldflags: object, verbose: object, with_cuda: object) -> BuildRequest:
+                      ldflags: object, verbose: object, with_cuda: object, *, is_python_module: object = True,
+                      is_standalone: object = False, keep_intermediates: object = True,
+                      use_pch: object = True) -> BuildRequest:
     """Check every argument (TypeError, ValueError, FileNotFoundError naming it) and return the request.
 
     ``cflags``/``cuda_cflags`` None mean the default flags; ``with_cuda`` None means "when there are .cu
     sources". Nothing is written, run or looked up on PATH.
     """
+    kinds = _checked_kind(is_python_module, is_standalone, keep_intermediates, use_pch)
     checked_name = _checked_name(name)
     checked_sources, languages = _checked_sources(sources)
     checked_includes = _checked_include_paths(include_paths)
@@ -94,7 +112,32 @@ def validated_request(name: object, sources: object, include_paths: object, cfla
         raise TypeError(f"verbose: expected a bool, got {type(verbose).__name__}")
     return BuildRequest(checked_name, checked_sources, checked_includes, tuple(checked_cflags),
                         tuple(checked_cuda_cflags), tuple(checked_ldflags), _checked_with_cuda(with_cuda, languages),
-                        verbose, languages)
+                        verbose, languages, is_python_module=kinds[0], is_standalone=kinds[1],
+                        keep_intermediates=kinds[2], use_pch=kinds[3])
+
+
+def _checked_kind(is_python_module: object, is_standalone: object, keep_intermediates: object,
+                  use_pch: object) -> tuple[bool, bool, bool, bool]:
+    """The four bool arguments of what is built and kept, checked (torch's rule: a module or an executable)."""
+    values = {"is_python_module": is_python_module, "is_standalone": is_standalone,
+              "keep_intermediates": keep_intermediates, "use_pch": use_pch}
+    for argument, value in values.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{argument}: expected a bool, got {type(value).__name__}")
+    if is_python_module and is_standalone:
+        raise ValueError("is_python_module=True and is_standalone=True cannot go together (as in torch's load): "
+                         "an executable is not a Python module; pass is_python_module=False with is_standalone=True")
+    return bool(is_python_module), bool(is_standalone), bool(keep_intermediates), bool(use_pch)
+
+
+def check_prebuilt_kind(request: BuildRequest) -> None:
+    """A prebuilt binary in a wheel is always a Python module: refuse ``prebuilt_path`` for anything else."""
+    if request.is_standalone:
+        raise ValueError("prebuilt_path and is_standalone=True cannot go together: prebuilt binaries are Python "
+                         "modules; drop prebuilt_path to build the executable")
+    if not request.is_python_module:
+        raise ValueError("prebuilt_path and is_python_module=False cannot go together: prebuilt binaries are "
+                         "Python modules; drop prebuilt_path, or build a module (is_python_module=True)")
 
 
 def _checked_name(name: object) -> str:

@@ -52,13 +52,20 @@ class BuildConfig:
     def describe(self) -> dict[str, Any]:
         """Everything the key was computed from, as JSON-ready data."""
         request = self.request
-        return {
+        described = {
             "format": CACHE_FORMAT, "library_version": __version__, "name": request.name,
             "sources": list(request.sources), "include_paths": list(request.include_paths),
             "cflags": list(request.cflags), "cuda_cflags": list(request.cuda_cflags),
             "ldflags": list(request.ldflags), "with_cuda": request.with_cuda,
             "environment": self.environment,
         }
+        # Only when not the default, so that the keys of existing caches (Python modules) do not change.
+        # keep_intermediates and use_pch do not change the binary: they stay out of the key.
+        if not request.is_python_module:
+            described["is_python_module"] = False
+        if request.is_standalone:
+            described["is_standalone"] = True
+        return described
 
 
 def make_config(request: BuildRequest) -> BuildConfig:
