@@ -68,12 +68,13 @@ def cached_load_inline(
     reject_sycl(sycl_sources=sycl_sources, extra_sycl_cflags=extra_sycl_cflags, with_sycl=with_sycl)
     files = generated_sources(cpp_sources, cuda_sources, functions, with_pytorch_error_handling, no_implicit_headers)
     sources = write_generated_sources(name, files, build_directory)
-    return cached_load_torch_cpp_extension(
+    result: ModuleType | str = cached_load_torch_cpp_extension(
         name, sources, extra_include_paths=() if extra_include_paths is None else extra_include_paths,
         extra_cflags=extra_cflags, extra_cuda_cflags=extra_cuda_cflags,
         extra_ldflags=() if extra_ldflags is None else extra_ldflags, verbose=verbose,
         build_directory=build_directory, with_cuda=with_cuda, prebuilt_path=prebuilt_path,
         **native_options(is_python_module=is_python_module, keep_intermediates=keep_intermediates))
+    return result
 
 
 def reject_sycl(**arguments: object) -> None:

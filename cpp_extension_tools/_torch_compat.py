@@ -42,12 +42,13 @@ def load(name: str,
          keep_intermediates: bool = True) -> ModuleType | str:
     """``torch.utils.cpp_extension.load``, cached by content (see :func:`patch_torch`)."""
     reject_sycl(extra_sycl_cflags=extra_sycl_cflags, with_sycl=with_sycl)
-    return cached_load_torch_cpp_extension(
+    result: ModuleType | str = cached_load_torch_cpp_extension(
         name, sources, extra_include_paths=torch_include_paths(extra_include_paths),
         extra_cflags=torch_flags(extra_cflags), extra_cuda_cflags=torch_flags(extra_cuda_cflags),
         extra_ldflags=torch_flags(extra_ldflags), verbose=verbose, build_directory=torch_cache_root(build_directory),
         with_cuda=with_cuda, **native_options(is_python_module=is_python_module, is_standalone=is_standalone,
                                               keep_intermediates=keep_intermediates))
+    return result
 
 
 def load_inline(name: str,
@@ -78,11 +79,12 @@ def load_inline(name: str,
     root = torch_cache_root(build_directory)
     files = generated_sources(cpp_sources, cuda_sources, functions, with_pytorch_error_handling, no_implicit_headers)
     sources = write_generated_sources(name, files, root)
-    return cached_load_torch_cpp_extension(
+    result: ModuleType | str = cached_load_torch_cpp_extension(
         name, sources, extra_include_paths=torch_include_paths(extra_include_paths),
         extra_cflags=torch_flags(extra_cflags), extra_cuda_cflags=torch_flags(extra_cuda_cflags),
         extra_ldflags=torch_flags(extra_ldflags), verbose=verbose, build_directory=root, with_cuda=with_cuda,
         **native_options(is_python_module=is_python_module, keep_intermediates=keep_intermediates))
+    return result
 
 
 def torch_flags(flags: Iterable[str] | None) -> list[str]:
