@@ -179,7 +179,14 @@ def patch_torch() -> TorchPatch:
     """Replace ``torch.utils.cpp_extension.load`` and ``load_inline`` by this library's drop-ins.
 
     The module's attributes are replaced: ``from torch.utils.cpp_extension import load`` after this call
-    gets the drop-in; a name imported before keeps torch's function. Calling it again is harmless.
+    gets the drop-in; a name imported before keeps torch's function. Calling it again is harmless. The
+    returned handle's ``undo()`` (or leaving it as a context manager) restores torch's functions.
+
+    Call it where the package that loads the ops is imported: spawned workers import that package to
+    unpickle their work, so they are patched too. The drop-ins take torch's signatures, positionally too,
+    and torch's defaults (no extra flags unless given; torch's extensions folder as the cache root unless
+    CACHED_CPP_EXTENSION_BUILD_DIR is set; ``build_directory`` as this call's cache root); an argument they
+    cannot honour raises NotImplementedError naming it.
     """
     global _active_handles
     module = _cpp_extension()

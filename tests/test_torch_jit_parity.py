@@ -4,7 +4,7 @@ here, through the drop-ins of patch_torch() and through cached_load_inline.
 The builds include torch's headers (20-60 s each on a small machine), so each module is built once per
 session in one shared cache root and several of torch's tests share it; they are all marked slow.
 With PARITY_WITH_TORCH=1 the same tests also run against torch's own load/load_inline (the reference
-column of docs/torch-compat.md).
+column of docs/torch-compat.md). PARITY_ROOT=FOLDER keeps the cache between runs.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ class Jit:
 
 @pytest.fixture(scope="module", params=IMPLEMENTATIONS)
 def jit(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jit]:
-    root = tmp_path_factory.mktemp(f"torch_extensions_{request.param}")
+    # PARITY_ROOT keeps the builds between runs while working on these tests.
+    kept = os.environ.get("PARITY_ROOT")
+    root = Path(kept, request.param) if kept else tmp_path_factory.mktemp(f"torch_extensions_{request.param}")
     with pytest.MonkeyPatch.context() as patch:
         # Both take TORCH_EXTENSIONS_DIR as their root; the library's own setting would win for the drop-ins.
         patch.setenv("TORCH_EXTENSIONS_DIR", str(root))
@@ -113,7 +115,8 @@ def test_jit_compile_extension(jit_extension: ModuleType) -> None:
 
 
 def test_cpp_frontend_module_has_same_output_as_python(jit_extension: ModuleType) -> None:
-    cpp_linear = jit_extension.Net(5, 2).to(torch.double)
+    cpp_linear = jit_extension.Net(5, 2)
+    cpp_linear.to(torch.double)  # the bound module's to() returns None
     python_linear = torch.nn.Linear(5, 2).to(torch.double)
     parameters = dict(cpp_linear.named_parameters())
     with torch.no_grad():
