@@ -21,7 +21,7 @@ from ._cache.trust import open_trusted_stat
 from ._errors import BuildError, LockTimeoutError, cache_not_writable, is_cache_write_error
 from ._forksafe import ForkSafeLock
 from ._key import BuildConfig, make_config
-from ._loader import import_extension, import_from_fd, memo_get, memo_put
+from ._loader import import_extension, import_from_fd, load_library_from_fd, memo_get, memo_put
 
 if TYPE_CHECKING:
     from ._env.toolchain import Toolchain  # resolved on the cold path only
@@ -161,9 +161,9 @@ def load_request(request: BuildRequest, build_directory: str | os.PathLike[str] 
     verbose = request.verbose
     prebuilt_skipped, prebuilt_there = "", False
     if prebuilt_path is not None:
-        module, prebuilt_skipped, prebuilt_there = _load_prebuilt(request.name, prebuilt_path, verbose)
-        if module is not None:
-            return module
+        prebuilt, prebuilt_skipped, prebuilt_there = _load_prebuilt(request.name, prebuilt_path, verbose)
+        if prebuilt is not None:
+            return prebuilt
     config = make_config(request)
     root = resolve_root(build_directory)
     store = ModuleStore(root, config.name)
@@ -240,7 +240,7 @@ class _BinaryChanged(ImportError):
     """The binary opened for loading is not the one its manifest describes (replaced since the lookup)."""
 
 
-def _load(store: ModuleStore, config: BuildConfig, manifest: Manifest) -> ModuleType:
+def _load(store: ModuleStore, config: BuildConfig, manifest: Manifest) -> ModuleType | str:
     """Load the artifact's binary: the file checked (trust and content) is the file dlopen maps."""
     path = store.library_path(manifest)
     fd, st = open_trusted_stat(store.root, path)
@@ -251,10 +251,21 @@ def _load(store: ModuleStore, config: BuildConfig, manifest: Manifest) -> Module
     except BaseException:
         os.close(fd)
         raise
-    module = import_from_fd(config.name, fd, path, st)
+    module = _open_binary(config, fd, path, st)
     memo_put(store.folder, config.key, module, manifest)
     store.note_use(manifest)
     return module
+
+
+def _open_binary(config: BuildConfig, fd: int, path: str, st: os.stat_result) -> ModuleType | str:
+    """The checked binary open at ``fd``, as the call returns it: imported, loaded as a library, or a path."""
+    request = config.request
+    if request.is_python_module:
+        return import_from_fd(config.name, fd, path, st)
+    if request.is_standalone:
+        os.close(fd)  # checked against its manifest; the caller runs it by its path
+        return path
+    return load_library_from_fd(fd, path, st)
 
 
 def _thread_lock(folder: str) -> ForkSafeLock:
@@ -265,7 +276,7 @@ def _thread_lock(folder: str) -> ForkSafeLock:
         return lock
 
 
-def _build_and_load(store: ModuleStore, config: BuildConfig, toolchain: Toolchain) -> ModuleType:
+def _build_and_load(store: ModuleStore, config: BuildConfig, toolchain: Toolchain) -> ModuleType | str:
     from ._cache.lock import call_deadline, module_lock  # the slow path's modules stay out of the warm path
 
     # One deadline for the whole call: waiting for this process's other threads counts too. Taking it
@@ -319,8 +330,20 @@ def _build_locked(store: ModuleStore, config: BuildConfig, toolchain: Toolchain,
         raise
     manifest = store.publish(config, outcome)
     store.clear_failure(config)
+    if not config.request.keep_intermediates:
+        _remove_intermediates(store.build_folder(config))
     _prune_after_build(store, config, manifest)
     return manifest
+
+
+def _remove_intermediates(build_folder: str) -> None:
+    """keep_intermediates=False: the published artifact is all that stays (under the lock, like the build)."""
+    from ._cache.fs import remove_tree
+
+    try:
+        remove_tree(build_folder)
+    except OSError as error:  # the artifact is published: a leftover folder costs only space
+        logger.warning("could not delete the build folder %s (keep_intermediates=False): %s", build_folder, error)
 
 
 def _prune_after_build(store: ModuleStore, config: BuildConfig, manifest: Manifest) -> None:

@@ -13,11 +13,13 @@ from ._cache.manifest import Manifest
 from ._cache.trust import open_trusted, open_trusted_stat
 from ._forksafe import ForkSafeLock
 
-__all__ = ["import_extension", "import_from_fd", "memo_get", "memo_put", "open_trusted", "open_trusted_stat"]
+__all__ = ["import_extension", "import_from_fd", "load_library_from_fd", "memo_get", "memo_put", "open_trusted",
+           "open_trusted_stat"]
 
 logger = logging.getLogger("cpp_extension_tools")
 
-_memo: dict[tuple[str, str], tuple[ModuleType, Manifest]] = {}
+# A module, or the path of a library (is_python_module=False) or executable (is_standalone=True).
+_memo: dict[tuple[str, str], tuple[ModuleType | str, Manifest]] = {}
 _memo_lock = ForkSafeLock()
 
 # (st_dev, st_ino) of each binary loaded through a descriptor -> that descriptor, kept open for the life
@@ -62,7 +64,7 @@ def import_from_fd(name: str, fd: int, path: str, info: os.stat_result | None = 
         logger.debug("/proc/self/fd is not available; loading %s by its path", path)
         return _exec_extension(name, path)
     # Stays pinned even when the import fails: dlopen may have succeeded (a missing PyInit_ function).
-    module = _exec_extension(name, f"/proc/self/fd/{_pin(fd, info)}")
+    module = _exec_extension(name, f"/proc/self/fd/{_pin(fd, info)}", path)
     module.__file__ = path
     if module.__spec__ is not None:
         module.__spec__.origin = path
@@ -90,17 +92,86 @@ def _have_proc_fd() -> bool:
     return _proc_fd[0]
 
 
-def _exec_extension(name: str, location: str) -> ModuleType:
+_imported_from: dict[str, str] = {}  # module name -> the binary this process imported it from last
+
+
+def _exec_extension(name: str, location: str, shown: str | None = None) -> ModuleType:
+    """Import ``name`` from ``location``; ``shown``: the path its ``__file__`` is set to afterwards."""
     loader = importlib.machinery.ExtensionFileLoader(name, location)
     spec = importlib.util.spec_from_file_location(name, location, loader=loader)
     if spec is None:  # only for paths without an extension-module suffix
         raise ImportError(f"cannot import {name!r} from {location!r}", name=name, path=location)
+    previous = _imported_from.get(name)
+    if previous is not None and previous != location:
+        _forget_pybind11_module(name)  # another binary of the same name: a rebuild in this process
     module = importlib.util.module_from_spec(spec)
+    earlier = getattr(module, "__file__", location)
+    if earlier != location and earlier != shown:  # the same binary loaded again is the same module
+        raise ImportError(_stale_module_message(name, shown or location, earlier), name=name, path=location)
     loader.exec_module(module)
+    _imported_from[name] = location
     return module
 
 
-def memo_get(folder: str, key: str) -> ModuleType | None:
+def _forget_pybind11_module(name: str) -> None:
+    """Drop ``name`` from pybind11 3's per-interpreter module cache, so a rebuilt binary makes a new module.
+
+    pybind11 3's Py_mod_create slot returns the module it cached under the spec's name, whatever binary
+    asks: without this, the rebuilt module would be the old one. torch avoids it by renaming each
+    rebuild name_v<N>; a C module's init hard-codes its name, so renaming cannot be the general answer.
+    """
+    import ctypes  # a rebuild in this process only
+
+    # Private function objects: setting restype on ctypes.pythonapi's would change them for everyone.
+    get_state = ctypes.PYFUNCTYPE(ctypes.c_void_p)(("PyInterpreterState_Get", ctypes.pythonapi))
+    get_dict = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)(("PyInterpreterState_GetDict", ctypes.pythonapi))
+    pointer = get_dict(get_state())
+    if not pointer:  # no per-interpreter dict: pybind11 cannot have cached anything in it
+        return
+    # A borrowed reference: read through a cast (which takes a reference of its own), never as a
+    # py_object result, which ctypes would release once more than it was taken.
+    state = ctypes.cast(pointer, ctypes.py_object).value
+    cache = state.get("__pybind11_module_cache") if isinstance(state, dict) else None
+    if isinstance(cache, dict) and cache.pop(name, None) is not None:
+        logger.debug("%s: forgot pybind11's cached module of that name before importing its rebuild", name)
+
+
+def _stale_module_message(name: str, location: str, earlier: object) -> str:
+    # The safety net behind _forget_pybind11_module: an init that hands back a module made before (CPython
+    # sets __file__ only on new modules) would make the new code silently invisible.
+    return (f"{name}: the rebuilt binary {location} was loaded, but its module init handed back the module "
+            f"this process imported before from {earlier} (pybind11 keeps one module per name per process), "
+            "so the new code would not be visible. Restart the process to use the new build (it is cached: "
+            "the restart compiles nothing), or give the edited module another name.")
+
+
+_libraries: set[int] = set()  # the pinned descriptors of the libraries torch.ops.load_library loaded
+_libraries_lock = ForkSafeLock()
+
+
+def load_library_from_fd(fd: int, path: str, info: os.stat_result | None = None) -> str:
+    """Load the open shared library ``fd`` with ``torch.ops.load_library`` (once per process), return ``path``.
+
+    Its operators (``TORCH_LIBRARY``) register as it loads. Like :func:`import_from_fd`, the loader
+    opens the checked file through ``/proc/self/fd`` and this call owns ``fd``.
+    """
+    import torch
+
+    if not _have_proc_fd():
+        os.close(fd)
+        location, number = path, -1
+    else:
+        number = _pin(fd, info)
+        location = f"/proc/self/fd/{number}"
+    with _libraries_lock:
+        if number in _libraries and number >= 0:
+            return path
+        torch.ops.load_library(location)  # type: ignore[no-untyped-call]
+        _libraries.add(number)
+    return path
+
+
+def memo_get(folder: str, key: str) -> ModuleType | str | None:
     """The module this process loaded for a configuration, if its inputs are unchanged."""
     with _memo_lock:
         entry = _memo.get((folder, key))
@@ -112,6 +183,6 @@ def memo_get(folder: str, key: str) -> ModuleType | None:
     return None
 
 
-def memo_put(folder: str, key: str, module: ModuleType, manifest: Manifest) -> None:
+def memo_put(folder: str, key: str, module: ModuleType | str, manifest: Manifest) -> None:
     with _memo_lock:
         _memo[(folder, key)] = (module, manifest)

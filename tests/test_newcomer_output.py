@@ -257,3 +257,44 @@ def test_a_binary_without_its_init_function_says_which_one_is_missing(tmp_path: 
     report = _failure(tmp_path, "no_init_ext", {"other.c": _INIT})  # defines PyInit_two_inits only
     first = report["message"].splitlines()[0]
     assert "it does not define PyInit_no_init_ext" in first and "PYBIND11_MODULE" in first, first
+
+
+# --- 4. issue 17: the ABI warning torch's load() gives, and the message of a library without PyInit_ ----------
+
+def test_the_abi_rules_are_torchs() -> None:
+    from cpp_extension_tools._build.abi import abi_warning
+
+    assert abi_warning("c++ (Debian 12.2.0-14+deb12u1) 12.2.0", "2.13.0+cpu") is None
+    assert abi_warning("Ubuntu clang version 18.1.3 (1ubuntu1)", "2.13.0") is None
+    old = abi_warning("g++ (GCC) 4.9.2", "2.13.0")
+    assert old is not None and "older than GCC 5" in old and "4.9.2" in old
+    other = abi_warning("icpx 2024.1", "2.13.0")
+    assert other is not None and "neither gcc nor clang" in other and "TORCH_DONT_CHECK_COMPILER_ABI" in other
+    assert abi_warning("g++ (GCC) 4.9.2", "2.6.0a0+git1234abc") is None  # torch built from source: its compiler
+
+
+def test_an_abi_incompatible_compiler_is_warned_once_per_build_never_on_a_hit(tmp_path: Path) -> None:
+    real = CompilerLog(tmp_path)  # the real gcc behind a wrapper that claims an old version
+    fake = tmp_path / "old-cxx"
+    fake.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        if [ "$1" = "--version" ]; then echo "g++ (GCC) 4.9.2"; exit 0; fi
+        exec "{real.cxx}" "$@"
+        """))
+    fake.chmod(0o755)
+    env = dict(os.environ, CC=real.cc, CXX=str(fake))
+    spec = _spec(tmp_path)
+    first = _run_piped(spec, env)
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.count("may be ABI-incompatible with torch") == 1, first.stderr
+    assert "4.9.2" in first.stderr
+    hit = _run_piped(spec, env)
+    assert hit.returncode == 0 and hit.stderr == "", hit.stderr
+
+
+def test_a_library_without_pyinit_says_to_pass_is_python_module_false(tmp_path: Path) -> None:
+    report = _failure(tmp_path, "ops_lib", {"ops.c": "int registered_op(void) { return 1; }\n"})
+    first = report["message"].splitlines()[0]
+    assert "it does not define PyInit_ops_lib" in first and "is_python_module=False" in first, first
+    assert "Nothing was published" in first
+    assert not list((tmp_path / "cache" / "ops_lib").glob("artifacts/*/manifest.json"))

@@ -14,33 +14,37 @@ import struct
 __all__ = ["elf_problem"]
 
 _ELF_MAGIC = b"\x7fELF"
+_ET_EXEC = 2
 _ET_DYN = 3
 _PT_LOAD = 1
 _SHT_DYNSYM = 11
 
 
-def elf_problem(path: str, entry_point: str | None) -> str | None:
-    """Why ``path`` is not a usable shared object (defining ``entry_point``, when given), or None."""
+def elf_problem(path: str, entry_point: str | None, executable: bool = False) -> str | None:
+    """Why ``path`` is not a usable shared object (defining ``entry_point``, when given), or None.
+
+    ``executable``: ``path`` is a linked program (a position-independent one is ELF type "shared" too).
+    """
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as error:
         return f"it cannot be read ({error.strerror or error})"
     try:
-        return _problem(data, entry_point)
+        return _problem(data, entry_point, executable)
     except struct.error:
         return "its ELF tables are cut short"
 
 
-def _problem(data: bytes, entry_point: str | None) -> str | None:
+def _problem(data: bytes, entry_point: str | None, executable: bool) -> str | None:
     if len(data) < 64 or data[:4] != _ELF_MAGIC:
         return "it is not an ELF file"
     if data[4] != 2:
         return "it is not a 64-bit ELF file"
     endian = "<" if data[5] == 1 else ">"
     e_type = struct.unpack_from(endian + "H", data, 16)[0]
-    if e_type != _ET_DYN:
-        return f"it is not a shared object (ELF type {e_type})"
+    if e_type != _ET_DYN and not (executable and e_type == _ET_EXEC):
+        return f"it is not {'an executable' if executable else 'a shared object'} (ELF type {e_type})"
     e_phoff, e_shoff = struct.unpack_from(endian + "QQ", data, 32)
     e_phentsize, e_phnum, e_shentsize, e_shnum = struct.unpack_from(endian + "HHHH", data, 54)
     if e_phoff + e_phnum * e_phentsize > len(data) or e_shoff + e_shnum * e_shentsize > len(data):

@@ -84,6 +84,7 @@ def _generator_inputs(request: BuildRequest, sources: list[str], driver: str) ->
 
     return {
         "name": request.name, "sources": sources, "cflags": list(request.cflags),
+        "is_standalone": request.is_standalone,
         "ldflags": list(request.ldflags), "include_paths": list(request.include_paths), "driver": driver,
         "torch": [torch.__version__, os.path.dirname(torch.__file__)],
         "python_include": sysconfig.get_path("include", scheme="posix_prefix"),
@@ -105,12 +106,12 @@ def _generate(request: BuildRequest, sources: list[str], driver: str, build_fold
     scratch = os.path.join(build_folder, f"{NINJA_FILE}.generated-{os.getpid()}")
     try:
         ldflags = cpp_extension._prepare_ldflags(  # type: ignore[no-untyped-call]
-            list(request.ldflags), False, False, False, False)
+            list(request.ldflags), False, False, False, request.is_standalone)
         cpp_extension._write_ninja_file_to_build_library(
             path=scratch, name=request.name, sources=sources, extra_cflags=list(request.cflags),
             extra_cuda_cflags=[], extra_sycl_cflags=[], extra_ldflags=ldflags,
             extra_include_paths=list(request.include_paths), with_cuda=False, with_sycl=False,
-            is_standalone=False)
+            is_standalone=request.is_standalone)
         with open(scratch, encoding="utf-8") as f:
             text = f.read()
     except (AttributeError, TypeError) as error:  # torch renamed or re-signed its private functions

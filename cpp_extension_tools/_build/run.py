@@ -103,7 +103,7 @@ def run_build(config: BuildConfig, toolchain: Toolchain, build_folder: str) -> B
     known: set[str] = set()
     for attempt in range(1, _BUILD_ATTEMPTS + 1):
         try:
-            return _build_repairing(config, toolchain, build_folder, known)
+            outcome = _build_repairing(config, toolchain, build_folder, known)
         except _InputsChanged as changed:
             known.update(p for paths in changed.deps.values() for p in paths)
             if attempt == _BUILD_ATTEMPTS:
@@ -112,6 +112,11 @@ def run_build(config: BuildConfig, toolchain: Toolchain, build_folder: str) -> B
                     f"compiled, {attempt} times in a row; nothing was published. Call again once the edits "
                     "are done.", name=config.name, log_path=os.path.join(build_folder, "build.log")) from None
             logger.warning("%s: %s changed while it was being compiled; building again", config.name, changed.path)
+            continue
+        from .abi import warn_if_abi_incompatible
+
+        warn_if_abi_incompatible(config.name, outcome.details.get("compiler_versions"))
+        return outcome
     raise AssertionError("unreachable")
 
 
@@ -175,8 +180,9 @@ def _build_in(config: BuildConfig, toolchain: Toolchain, build_folder: str, know
         seconds = time.monotonic() - started
         if not result.get("ok"):
             raise _failure(config, result, log_path, build_folder)
-        library = os.path.join(build_folder, f"{config.name}.so")
-        problem = elf_problem(library, f"PyInit_{config.name}")
+        library = os.path.join(build_folder, request.artifact_file)
+        problem = elf_problem(library, f"PyInit_{config.name}" if request.is_python_module else None,
+                              executable=request.is_standalone)
         if problem is not None:
             raise _damaged_output(config, library, problem, log_path)
         search = probes.search_paths()
@@ -251,7 +257,9 @@ _LOCATED_ERROR = re.compile(r"^[^\s:][^:]*:\d+(?::\d+)?: (?:fatal )?error")
 
 def _damaged_output(config: BuildConfig, library: str, problem: str, log_path: str) -> _Repairable:
     hint = (f"A Python module must define PyInit_{config.name} (in C: PyMODINIT_FUNC PyInit_{config.name}(void), "
-            "or use the TORCH_EXTENSION_NAME macro; with pybind11: PYBIND11_MODULE(TORCH_EXTENSION_NAME, m))."
+            "or use the TORCH_EXTENSION_NAME macro; with pybind11: PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)); "
+            "a library of TORCH_LIBRARY operators is no Python module: pass is_python_module=False to load it "
+            "with torch.ops.load_library. Nothing was published."
             if "does not define" in problem else "Nothing was published.")
     error = BuildError(f"Error building extension {config.name!r}: the linked binary {library} is unusable: "
                        f"{problem}. {hint}\nFull build log: {log_path}", name=config.name, log_path=log_path)

@@ -224,9 +224,14 @@ def _signal_cause(error: BaseException) -> str:
 
 def _build_with_torch(spec: dict[str, Any], result: dict[str, Any]) -> None:
     cuda_cflags = list(spec["cuda_cflags"])
+    include_paths = list(spec["include_paths"])
     if spec["with_cuda"]:
         os.environ["TORCH_CUDA_ARCH_LIST"] = result["cuda_arch_list"] = _cuda_arch_list()
         cuda_cflags += _cuda.device_arch_flags(cuda_cflags, result["cuda_arch_list"])
+        # After the user's folders, so that their headers win (torch's load() adds none of these).
+        import torch
+
+        include_paths += _cuda.wheel_include_folders(torch)
     import torch.utils.cpp_extension as cpp_extension
 
     _escape_torch_ninja_files(cpp_extension)
@@ -234,8 +239,9 @@ def _build_with_torch(spec: dict[str, Any], result: dict[str, Any]) -> None:
         name=spec["name"], sources=support.with_unique_object_names(spec["sources"], spec["build_directory"]),
         extra_cflags=spec["cflags"],
         extra_cuda_cflags=cuda_cflags, extra_ldflags=spec["ldflags"],
-        extra_include_paths=spec["include_paths"], build_directory=spec["build_directory"],
-        verbose=True, with_cuda=spec["with_cuda"], is_python_module=False)
+        extra_include_paths=include_paths, build_directory=spec["build_directory"],
+        verbose=True, with_cuda=spec["with_cuda"], is_python_module=False,
+        is_standalone=spec.get("is_standalone", False))
 
 
 def _cuda_arch_list() -> str:

@@ -197,7 +197,7 @@ class ModuleStore:
         ours = os.path.basename(folder).startswith(config.short_key + "-")
         if (manifest.key != config.key or manifest.name != config.name
                 or manifest.artifact_id != os.path.basename(folder)
-                or manifest.library_file != f"{config.name}.so"):
+                or manifest.library_file != config.request.artifact_file):
             # Damage only in a folder named for this configuration; another one's is left alone.
             return None, "its manifest describes another artifact", ours
         if manifest.sources != config.sources:
@@ -317,7 +317,7 @@ class ModuleStore:
         staging = temporary_name(final)
         try:
             make_dirs(staging, folder_mode())
-            library_file = f"{config.name}.so"
+            library_file = config.request.artifact_file
             destination = os.path.join(staging, library_file)
             atomic_copy(outcome.library, destination)
             st = os.stat(destination)

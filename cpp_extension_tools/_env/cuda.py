@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 __all__ = ["cuda_arch_list", "cuda_target", "cuda_unavailable_reason", "device_arch_flags", "find_cuda_home",
-           "find_nvcc", "prebuilt_gpu_mismatch", "toolkit_version", "torch_arch_list"]
+           "find_nvcc", "prebuilt_gpu_mismatch", "toolkit_version", "torch_arch_list", "wheel_include_folders"]
 
 
 def cuda_unavailable_reason() -> str | None:
@@ -91,6 +91,25 @@ def _best_cuda_home(search_path: str, torch_cuda: str | None) -> str | None:
 def _is_toolkit(home: str) -> bool:
     has_runtime = any(os.path.exists(os.path.join(home, lib, "libcudart.so")) for lib in ("lib64", "lib"))
     return has_runtime and os.path.exists(os.path.join(home, "bin", "nvcc"))
+
+
+def wheel_include_folders(torch: Any) -> list[str]:
+    """The header folders of the CUDA libraries a CUDA torch wheel installed beside it, sorted.
+
+    pip's CUDA torch wheels depend on NVIDIA's library wheels, which put ``cublas_v2.h``,
+    ``cusparse.h`` and the like in ``site-packages/nvidia/<library>/include`` (CUDA 13:
+    ``nvidia/cu13/include``), not in the system toolkit: a source including
+    ``ATen/cuda/CUDAContext.h`` needs them. Empty for a CPU torch, or one not installed from those wheels.
+    """
+    if getattr(torch.version, "cuda", None) is None:
+        return []
+    nvidia = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(torch.__file__))), "nvidia")
+    try:
+        libraries = sorted(entry.path for entry in os.scandir(nvidia) if entry.is_dir())
+    except OSError:
+        return []
+    return [include for include in (os.path.join(library, "include") for library in libraries)
+            if os.path.isdir(include)]
 
 
 def toolkit_version(home: str) -> tuple[str, ...]:
