@@ -287,8 +287,6 @@ def test_compilation_error_formatting(jit: Jit) -> None:
         assert re.search(r"expected .;. before", message) and os.path.isfile(caught.value.log_path)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17 item 7: an in-process rebuild of a pybind11 module returns the old "
-                   "module (pybind11's Py_mod_create); fixed by another helper's change")
 def test_reload_jit_extension(jit: Jit) -> None:
     def compile(code: str) -> ModuleType:
         module: ModuleType = jit.load_inline(name=jit.name("reloaded_jit_extension"), cpp_sources=code,
