@@ -9,7 +9,7 @@ if os.environ.get("MY_OPS_LOADER") == "patch":
 
     cpp_extension_tools.patch_torch()
 
-from .custom_ops import get_plugin  # noqa: E402
+from .custom_ops import get_plugin
 
 
 def fused_bias_act(x, bias, gain=1.0):
