@@ -305,6 +305,7 @@ def test_cached_load_inline_shares_the_drop_ins_cache(jit: Jit, inline_extension
     # The native entry point with the drop-in's arguments (torch's flags: none) finds the drop-in's build.
     module = cpp_extension_tools.cached_load_inline(
         jit.name("inline_jit_extension"), INLINE_SOURCE, functions=INLINE_FUNCTIONS, extra_cflags=[],
+        extra_cuda_cflags=[],
         build_directory=os.environ["TORCH_EXTENSIONS_DIR"])
     assert module is inline_extension
 
