@@ -109,6 +109,63 @@ print(json.dumps({"first_us": first, "steady_us": steady}))
 """
 
 
+# --inline: cached_load_inline's warm call against the native warm call of the same artifact (its generated
+# main.cpp), each in fresh processes; a C++ module without torch's headers, so that its build takes a second.
+_INLINE_SOURCE = r"""
+#include <Python.h>
+#define CONCAT_(a, b) a##b
+#define CONCAT(a, b) CONCAT_(a, b)
+static PyObject *f0(PyObject *, PyObject *) { return PyLong_FromLong(1000); }
+static PyMethodDef methods[] = {{"f0", f0, METH_NOARGS, nullptr}, {nullptr, nullptr, 0, nullptr}};
+static PyModuleDef def = {PyModuleDef_HEAD_INIT, "bench_inline", nullptr, -1, methods};
+PyMODINIT_FUNC CONCAT(PyInit_, TORCH_EXTENSION_NAME)(void) { return PyModule_Create(&def); }
+"""
+
+_INLINE_CALL = """
+import json, sys, time
+import torch
+import cpp_extension_tools as c
+source = sys.argv[1]
+start = time.perf_counter()
+m = c.cached_load_inline("bench_inline", source, no_implicit_headers=True)
+end = time.perf_counter()
+assert m.f0() == 1000
+print(json.dumps({"call_s": end - start, "file": m.__file__}))
+"""
+
+_INLINE_NATIVE_CALL = """
+import json, sys, time
+import torch
+import cpp_extension_tools as c
+start = time.perf_counter()
+m = c.cached_load_torch_cpp_extension("bench_inline", [sys.argv[1]])
+end = time.perf_counter()
+assert m.f0() == 1000
+print(json.dumps({"call_s": end - start}))
+"""
+
+
+def measure_inline(repeat: int) -> dict[str, float]:
+    """Medians (ms) of cached_load_inline's warm call and of the native warm call of the same artifact."""
+    import glob
+
+    with tempfile.TemporaryDirectory(prefix="cet_warm_") as scratch:
+        env = dict(os.environ, CACHED_CPP_EXTENSION_BUILD_DIR=str(Path(scratch) / "cache"))
+        os.makedirs(env["CACHED_CPP_EXTENSION_BUILD_DIR"], mode=0o700)
+        _run(_INLINE_CALL, _INLINE_SOURCE, env=env)  # the cold build
+        [generated] = glob.glob(os.path.join(env["CACHED_CPP_EXTENSION_BUILD_DIR"], "bench_inline", "*", "*",
+                                             "main.cpp"))
+        for _ in range(2):
+            _run(_INLINE_CALL, _INLINE_SOURCE, env=env)
+            _run(_INLINE_NATIVE_CALL, generated, env=env)
+        inline, native = [], []
+        for _ in range(repeat):
+            inline.append(float(_run(_INLINE_CALL, _INLINE_SOURCE, env=env)["call_s"]) * 1e3)
+            native.append(float(_run(_INLINE_NATIVE_CALL, generated, env=env)["call_s"]) * 1e3)
+    return {"inline_warm_call_ms": statistics.median(inline), "native_warm_call_ms": statistics.median(native),
+            "difference_ms": statistics.median(inline) - statistics.median(native), "repeat": repeat}
+
+
 def _run(code: str, *args: str, env: dict[str, str]) -> dict[str, float | str]:
     # cwd: the scratch folder, so that PYTHONPATH (not this checkout) decides which library is measured.
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=env, capture_output=True,
@@ -177,7 +234,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="time each phase of the warm call with the library's internal functions")
     parser.add_argument("--iterations", type=int, default=2000, help="steady runs per phase (--breakdown)")
     parser.add_argument("--sources", type=int, default=8, help="sources of the module (default 8)")
+    parser.add_argument("--inline", action="store_true",
+                        help="cached_load_inline's warm call against the native warm call of the same artifact")
     args = parser.parse_args(argv)
+    if args.inline:
+        inline = measure_inline(args.repeat)
+        print(json.dumps(inline) if args.json else
+              f"cached_load_inline warm call {inline['inline_warm_call_ms']:.3f} ms, native warm call of the same "
+              f"artifact {inline['native_warm_call_ms']:.3f} ms, difference {inline['difference_ms']:.3f} ms "
+              f"(medians of {args.repeat})")
+        return 0
     if args.breakdown:
         phases = breakdown(args.repeat, args.iterations, args.sources)
         if args.json:

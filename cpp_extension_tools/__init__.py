@@ -14,6 +14,8 @@ from ._version import __version__
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._env.cuda import cuda_unavailable_reason
+    from ._inline import cached_load_inline
+    from ._torch_compat import patch_torch
 
 __all__ = [
     "BuildError",
@@ -21,6 +23,7 @@ __all__ = [
     "LockTimeoutError",
     "UnsafeCacheError",
     "__version__",
+    "cached_load_inline",
     "cached_load_torch_cpp_extension",
     "cuda_unavailable_reason",
     "get_cpp_sources_list_from_folder",
@@ -28,6 +31,7 @@ __all__ = [
     "get_default_cuda_cflags",
     "get_portable_cpp_cflags",
     "get_portable_cuda_cflags",
+    "patch_torch",
 ]
 
 # No NullHandler on the "cpp_extension_tools" logger: without one, an application that configured no
@@ -42,4 +46,13 @@ def __getattr__(name: str) -> object:
         from ._env.cuda import cuda_unavailable_reason
 
         return cuda_unavailable_reason
+    # The drop-ins for torch's JIT API: only for the callers that use them.
+    if name == "cached_load_inline":
+        from ._inline import cached_load_inline
+
+        return cached_load_inline
+    if name == "patch_torch":
+        from ._torch_compat import patch_torch
+
+        return patch_torch
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -93,7 +93,8 @@ SETUPS: dict[str, dict[str, str]] = {
 }
 
 # Environment variables the library reads that the configuration page need not list.
-NOT_SETTINGS = {"PATH": "the ordinary program search path"}
+NOT_SETTINGS = {"PATH": "the ordinary program search path",
+                "TORCH_EXTENSIONS_DIR": "torch's own setting, read by the patch_torch() drop-ins as torch reads it"}
 
 _DIRECTIVE = re.compile(r"^<!-- docs-test: (?P<body>.*) -->$")
 _FENCE = re.compile(r"^(?P<fence>`{3,})(?P<info>.*)$")
