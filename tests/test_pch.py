@@ -213,3 +213,28 @@ def test_a_module_with_other_flags_or_the_setting_builds_correctly(shared_root: 
     assert int(output.stdout.split()[-1]) == 7
     assert [c for c in compilers.calls() if "c++-header" in c or "-include" in c] == []
     assert len(compilers.compiles(".cpp")) == 1
+
+
+def test_list_prune_and_clear_skip_or_delete_the_shared_pch_folder(tmp_path: Path) -> None:
+    from tests.conftest import write_module
+    from tests.test_cli import run_cli
+
+    root = tmp_path / "root"
+    folder = _small_pch(tmp_path, [])
+    run_python(f"""\
+        from cpp_extension_tools import cached_load_torch_cpp_extension
+        assert cached_load_torch_cpp_extension("plain", {write_module(tmp_path / "src")!r}).answer() == 42
+        """, env={"CACHED_CPP_EXTENSION_BUILD_DIR": str(root)})
+    listed = run_cli("list", root=root)
+    assert listed.returncode == 0 and "plain" in listed.stdout and pch.PCH_FOLDER not in listed.stdout, listed
+    assert run_cli("list", "--json", root=root).returncode == 0
+    assert run_cli("prune", "--older-than", "1000d", root=root).returncode == 0
+    assert pch._usable(folder)
+    dry = run_cli("clear", "--dry-run", root=root)
+    assert dry.returncode == 0 and "would delete 1 shared precompiled header" in dry.stdout, dry
+    assert pch._usable(folder)
+    cleared = run_cli("clear", root=root)
+    assert cleared.returncode == 0 and "deleted 1 shared precompiled header" in cleared.stdout, cleared
+    assert not os.path.exists(folder)
+    assert os.path.exists(folder + ".pch-lock")  # lock files are never deleted
+    assert run_cli("list", root=root).returncode == 0

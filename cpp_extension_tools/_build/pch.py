@@ -40,7 +40,7 @@ from .._cache.trust import folder_mode
 from .._env.toolchain import Toolchain
 from .._key import BuildConfig
 
-__all__ = ["PCH_FOLDER", "PCH_HEADERS", "build_shared_pch", "first_include", "pch_flags", "release_links",
+__all__ = ["PCH_FOLDER", "PCH_HEADERS", "build_shared_pch", "clear_shared_pch", "first_include", "pch_flags", "release_links",
            "shared_pch_flags"]
 
 logger = logging.getLogger("cpp_extension_tools")
@@ -293,3 +293,34 @@ def _warn_once(what: str, message: str) -> None:
     if what not in _warned:
         _warned.add(what)
         logger.warning("%s", message)
+
+
+def clear_shared_pch(root: str, dry_run: bool = False) -> tuple[int, int]:
+    """Delete the shared precompiled headers under ``root`` (``cpp-extension-tools clear``): (how many, bytes).
+
+    Each under its lock, skipped while it is being built; builds using one hold hard links of their own,
+    so deleting it under them is safe. Lock files stay.
+    """
+    from .._cache.fs import tree_size
+    from .._cache.lock import module_lock
+
+    parent = os.path.join(root, PCH_FOLDER)
+    try:
+        names = sorted(e.name for e in os.scandir(parent) if e.is_dir(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0, 0
+    count = size = 0
+    for name in names:
+        folder = os.path.join(parent, name)
+        if TEMP_MARKER in name:
+            continue  # a builder's staging folder: the next builder deletes it under the lock
+        try:
+            with module_lock(folder + ".pch-lock", folder + ".pch-lock.owner", f"the shared precompiled header {name}",
+                             root, timeout=0):
+                size += tree_size(folder)
+                count += 1
+                if not dry_run:
+                    remove_tree(folder)
+        except OSError as error:  # held by a builder (LockTimeoutError), or not ours to delete
+            logger.warning("kept the shared precompiled header %s: %s", folder, error)
+    return count, size
