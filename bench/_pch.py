@@ -66,11 +66,10 @@ print(json.dumps({"seconds": seconds, "ok": ok}))
 
 
 def _build(ws: Workspace, tool: str, name: str, sources: list[str], extra_env: dict[str, str] | None = None) -> float:
-    cache = ws.folder / "pch-caches" / f"{tool}-{name}-{time.monotonic_ns()}"
-    cache.mkdir(parents=True)
+    # One cache root for all our builds (the shared header lives in it); a fresh folder for each of torch's.
+    cache = ws.folder / "pch-caches" / ("ours-root" if tool == "ours" else f"{tool}-{name}-{time.monotonic_ns()}")
+    cache.mkdir(parents=True, exist_ok=True)
     spec = {"tool": tool, "name": name, "sources": sources, "flags": _FLAGS, "cache": str(cache)}
-    if tool == "ours":  # one cache root for all our builds: the shared header lives in it
-        spec["cache"] = str(ws.folder / "pch-caches" / "ours-root")
     code = _CHILD.replace("json.loads(sys.argv[1])", f"json.loads({json.dumps(spec)!r})")
     result = ws.run_python(code, extra_env)
     if not result["ok"]:
