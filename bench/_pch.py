@@ -11,6 +11,7 @@ Run alone: ``python -m bench._pch [repeat]`` (each torch build takes 20-60 s on 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -77,25 +78,29 @@ def _build(ws: Workspace, tool: str, name: str, sources: list[str], extra_env: d
     return float(result["seconds"])
 
 
-def pch_builds(ws: Workspace, repeat: int = 1) -> list[dict[str, Any]]:
+def pch_builds(ws: Workspace, repeat: int = 1, sizes: tuple[int, ...] = (1, 4)) -> list[dict[str, Any]]:
     from ._scenarios import row
 
-    modules = {n: write_torch_module(ws.folder / f"pch-module-{n}", n) for n in (1, 4)}
-    # The shared header's own build: the first module of ours pays it once.
-    first = _build(ws, "ours", "pch_warmup", write_torch_module(ws.folder / "pch-warmup", 1))
+    modules = {n: write_torch_module(ws.folder / f"pch-module-{n}", n) for n in sizes}
+    # The shared header's own build: the first module of ours pays it once (nothing, in a reused folder).
+    run = f"{time.time_ns() % 10**8}"
+    first = _build(ws, "ours", f"pch_warmup_{run}", write_torch_module(ws.folder / "pch-warmup", 1))
+    _progress(f"first module of ours (with the shared header's build, if it was not there): {first:.1f} s")
     rows = [row("torch header: shared PCH build", "first module of ours (header build + its compile)", "s",
                 [first], [], "paid once per compiler, torch and flags", None)]
     for n, sources in modules.items():
         samples: dict[str, list[float]] = {"ours": [], "torch": [], "ours_no_pch": [], "torch_pch": []}
         for r in range(repeat):
             # Each repetition a name of its own: a cold build every time, the shared header warm.
-            samples["ours"].append(_build(ws, "ours", f"pch_ours_{n}_{r}", sources))
-            samples["torch"].append(_build(ws, "torch", f"pch_torch_{n}_{r}", sources))
-            if r == 0:
-                samples["ours_no_pch"].append(_build(ws, "ours", f"pch_off_{n}", sources,
-                                                     {"CACHED_CPP_EXTENSION_DISABLE_PCH": "1"}))
-                if os.environ.get("BENCH_TORCH_PCH") == "1":
-                    samples["torch_pch"].append(_build(ws, "inline", f"pch_inline_{n}", sources))
+            for tool, key, extra in (("ours", "ours", None), ("torch", "torch", None),
+                                     ("ours", "ours_no_pch", {"CACHED_CPP_EXTENSION_DISABLE_PCH": "1"}),
+                                     ("inline", "torch_pch", None)):
+                if key in ("ours_no_pch", "torch_pch") and r > 0:
+                    continue
+                if key == "torch_pch" and os.environ.get("BENCH_TORCH_PCH") != "1":
+                    continue
+                samples[key].append(_build(ws, tool, f"pch_{key}_{n}_{r}_{run}", sources, extra))
+                _progress(f"{n} source(s), {key}: {samples[key][-1]:.1f} s")
         speedup = statistics.median(samples["torch"]) / statistics.median(samples["ours"])
         target = "at least 3x faster than torch's load()" if n == 4 else "faster than torch's load()"
         rows.append(row(f"torch header: cold build, {n} source{'s' if n > 1 else ''}", "cold build, shared PCH warm",
@@ -106,12 +111,21 @@ def pch_builds(ws: Workspace, repeat: int = 1) -> list[dict[str, Any]]:
     return rows
 
 
+def _progress(message: str) -> None:
+    print(f"[bench._pch] {message}", file=sys.stderr, flush=True)
+
+
 def main() -> int:
+    """``python -m bench._pch [REPEAT [SCRATCH [SIZES]]]``: SCRATCH, a folder kept (and reused: its shared
+    header stays built); SIZES, e.g. ``4`` or ``1,4``."""
     repeat = int(sys.argv[1]) if len(sys.argv) > 1 else 1
-    with tempfile.TemporaryDirectory(prefix="cpp_extension_tools_bench_pch_") as scratch:
-        rows = pch_builds(Workspace(Path(scratch)), repeat)
+    sizes = tuple(int(n) for n in sys.argv[3].split(",")) if len(sys.argv) > 3 else (1, 4)
+    with contextlib.ExitStack() as stack:
+        scratch = (sys.argv[2] if len(sys.argv) > 2 else
+                   stack.enter_context(tempfile.TemporaryDirectory(prefix="cpp_extension_tools_bench_pch_")))
+        rows = pch_builds(Workspace(Path(scratch)), repeat, sizes)
     for r in rows:
-        print(json.dumps(r))
+        print(json.dumps(r), flush=True)
     return 0
 
 
