@@ -67,6 +67,16 @@ def test_use_pch_false_the_setting_and_cuda_builds_turn_it_off(monkeypatch: pyte
     assert not pch._wanted(config(use_pch=True))
 
 
+def test_only_cxx_sources_that_include_a_torch_header_first_qualify(tmp_path: Path) -> None:
+    config = cast(Any, SimpleNamespace(request=SimpleNamespace(with_cuda=False, use_pch=True)))
+    sources = [_write(tmp_path / "a.c", "#include <torch/extension.h>\n"),  # C: never
+               _write(tmp_path / "b.cpp", "#include <vector>\n#include <torch/extension.h>\n"),
+               _write(tmp_path / "k.cu", "#include <torch/extension.h>\n")]
+    toolchain = cast(Any, None)  # not needed when no source qualifies: no compiler is asked anything
+    assert pch.shared_pch_flags(config, toolchain, str(tmp_path), str(tmp_path), sources, sources, []) == {}
+    assert not (tmp_path / pch.PCH_FOLDER).exists()
+
+
 def _small_pch(tmp_path: Path, flags: list[str]) -> str:
     """A PCH of <vector> (gcc builds it in about a second), published as the cache would."""
     folder = str(tmp_path / "root" / pch.PCH_FOLDER / "vector-0123456789abcdef")
