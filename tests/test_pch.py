@@ -146,9 +146,10 @@ def test_a_killed_pch_builder_leaves_nothing_that_blocks_the_next_build(tmp_path
     parent = os.path.dirname(folder)
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any(".tmp-" in n for n in _listing(parent)):
+        staging = os.path.basename(folder) + ".tmp-"  # the compile has started once its folder exists
+        while time.monotonic() < deadline and not any(n.startswith(staging) for n in _listing(parent)):
             time.sleep(0.01)
-        assert any(".tmp-" in n for n in _listing(parent)), "the builder never started"
+        assert any(n.startswith(staging) for n in _listing(parent)), "the builder never started"
     finally:
         os.killpg(builder.pid, signal.SIGKILL)  # the builder, its compiler and the sleep
         builder.wait()

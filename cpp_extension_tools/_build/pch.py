@@ -214,13 +214,17 @@ def _inputs_changed(folder: str) -> bool:
 
 
 def _remove_leftovers(folder: str) -> None:
-    """Staging folders of killed builders (we hold the lock: none is being written)."""
+    """Staging folders and half-written owner files of killed builders (we hold the lock: none is being
+    written)."""
     parent, base = os.path.split(folder)
     with os.scandir(parent) as entries:
         for entry in entries:
-            if entry.name.startswith(base + TEMP_MARKER):
+            if entry.name.startswith(base) and TEMP_MARKER in entry.name:
                 logger.debug("deleting %s, left by a killed precompiled-header build", entry.path)
-                remove_tree(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    remove_tree(entry.path)
+                else:
+                    os.unlink(entry.path)
 
 
 def _compile_into(staging: str, cxx: Sequence[str], header: str, flags: Sequence[str]) -> None:
