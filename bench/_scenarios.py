@@ -15,6 +15,7 @@ from typing import Any
 from cpp_extension_tools import get_default_cpp_cflags
 
 from ._modules import ModuleFiles, write_module
+from ._pch import pch_builds
 from ._run import TOOLS, Workspace, spec
 
 __all__ = ["Settings", "run_all"]
@@ -376,6 +377,8 @@ def run_all(ws: Workspace, s: Settings, log: Any) -> list[dict[str, Any]]:
         ("scaling: sources", lambda: [scaling_sources(ws, s)]),
         ("scaling: artifacts", lambda: [lookup_artifacts(ws, files, s)]),
         ("example kernels", lambda: example_kernels(ws, s)),
+        # torch C++ builds take 20-60 s each on 2 cores: full runs only (python -m bench._pch runs it alone).
+        ("torch header (shared PCH)", lambda: [] if s.quick else pch_builds(ws, s.repeat)),
     ]
     for label, step in steps:
         log(f"{label} ...")

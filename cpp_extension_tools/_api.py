@@ -320,7 +320,7 @@ def _build_locked(store: ModuleStore, config: BuildConfig, toolchain: Toolchain,
     from ._build.run import run_build
 
     try:
-        outcome = run_build(config, toolchain, store.build_folder(config))
+        outcome = run_build(config, toolchain, store.build_folder(config), cache_root=store.root)
     except BuildError as error:
         store.write_failure(config, digest, error)
         raise

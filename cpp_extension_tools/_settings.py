@@ -187,9 +187,15 @@ SKIP_PREBUILT: Setting[bool] = Setting(
     "CPP_EXTENSION_TOOLS_SKIP_PREBUILT", False, parse_flag,
     "`1` (or `0`): `setup.py` builds wheels without prebuilt binaries.")
 
+DISABLE_PCH: Setting[bool] = Setting(
+    "CACHED_CPP_EXTENSION_DISABLE_PCH", False, parse_flag,
+    "`1` (or `0`): C++ sources that include `torch/extension.h`, `torch/torch.h` or `ATen/ATen.h` first are "
+    "compiled without the cache's shared precompiled header (as `use_pch=False` does for one call).")
+
 SETTINGS: tuple[Setting[Any], ...] = (  # the order of the docs table
     BUILD_DIR, LOCK_TIMEOUT, LOCK_LOG_INTERVAL, MAX_SIZE, SHARED_CACHE, COMPILER_LAUNCHER,
     DISABLE_JIT, PROGRESS, CPU_FINGERPRINT, TORCH_IDENTITY, PYTHON_IDENTITY, SKIP_PREBUILT,
+    DISABLE_PCH,
 )
 
 

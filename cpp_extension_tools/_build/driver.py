@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .._cache.fs import atomic_write_bytes
 from .._cache.trust import binary_mode
@@ -64,7 +64,7 @@ case $source in
         esac
         set -- "$@" "$arg"
     done
-    {cxx_exec} ;;
+{pch}    {cxx_exec} ;;
 esac
 """
 # The link step and torch's compiler probes have no "-c": launchers cache compiles only, and some
@@ -72,21 +72,32 @@ esac
 _CXX_EXEC_LAUNCHED = '[ -n "$source" ] || exec {cxx} "$@"\n    exec {launcher} {cxx} "$@"'
 
 
-def render_driver(cc: Sequence[str], cxx: Sequence[str], launcher: Sequence[str] = ()) -> str:
-    """The script's text; ``launcher`` (a command, absolute program path first) prefixes compiles."""
+def render_driver(cc: Sequence[str], cxx: Sequence[str], launcher: Sequence[str] = (),
+                  per_source: Mapping[str, Sequence[str]] | None = None) -> str:
+    """The script's text; ``launcher`` (a command, absolute program path first) prefixes compiles;
+    ``per_source``: words put first when compiling that C++ source (the shared PCH, see _build.pch)."""
     cxx_text = shlex.join(cxx)
     cxx_exec = (_CXX_EXEC_LAUNCHED.format(launcher=shlex.join(launcher), cxx=cxx_text) if launcher
                 else f'exec {cxx_text} "$@"')
     return _TEMPLATE.format(
-        cc=shlex.join(cc), cxx_exec=cxx_exec, c_std=DEFAULT_C_STD,
+        cc=shlex.join(cc), cxx_exec=cxx_exec, pch=_per_source_case(per_source or {}), c_std=DEFAULT_C_STD,
         cc_launcher=shlex.join(launcher) + " " if launcher else "",
         cxx_only="|".join(_CXX_ONLY_PATTERNS), c_only="|".join(_C_ONLY_PATTERNS))
 
 
-def write_driver(folder: str, cc: Sequence[str], cxx: Sequence[str], launcher: Sequence[str] = ()) -> str:
+def _per_source_case(per_source: Mapping[str, Sequence[str]]) -> str:
+    if not per_source:
+        return ""
+    arms = "".join(f'    {shlex.quote(source)}) set -- {shlex.join(words)} "$@" ;;\n'
+                   for source, words in sorted(per_source.items()))
+    return f"    case $source in\n{arms}    esac\n"
+
+
+def write_driver(folder: str, cc: Sequence[str], cxx: Sequence[str], launcher: Sequence[str] = (),
+                 per_source: Mapping[str, Sequence[str]] | None = None) -> str:
     """Write the driver into ``folder`` (only when its content changed) and return its path."""
     path = os.path.join(folder, "cxx-driver.sh")
-    content = render_driver(cc, cxx, launcher).encode()
+    content = render_driver(cc, cxx, launcher, per_source).encode()
     try:
         with open(path, "rb") as f:
             if f.read() == content and os.access(path, os.X_OK):

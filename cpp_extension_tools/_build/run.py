@@ -93,7 +93,8 @@ class _InputsChanged(Exception):
         self.deps = deps
 
 
-def run_build(config: BuildConfig, toolchain: Toolchain, build_folder: str) -> BuildOutcome:
+def run_build(config: BuildConfig, toolchain: Toolchain, build_folder: str,
+              cache_root: str | None = None) -> BuildOutcome:
     """Build ``config`` with ``toolchain`` in ``build_folder``: the binary and exactly the inputs it was compiled from.
 
     An input edited during the build makes it run again (at most _BUILD_ATTEMPTS times in all); a
@@ -103,7 +104,7 @@ def run_build(config: BuildConfig, toolchain: Toolchain, build_folder: str) -> B
     known: set[str] = set()
     for attempt in range(1, _BUILD_ATTEMPTS + 1):
         try:
-            outcome = _build_repairing(config, toolchain, build_folder, known)
+            outcome = _build_repairing(config, toolchain, build_folder, known, cache_root)
         except _InputsChanged as changed:
             known.update(p for paths in changed.deps.values() for p in paths)
             if attempt == _BUILD_ATTEMPTS:
@@ -123,10 +124,11 @@ def run_build(config: BuildConfig, toolchain: Toolchain, build_folder: str) -> B
 _BUILD_ATTEMPTS = 3
 
 
-def _build_repairing(config: BuildConfig, toolchain: Toolchain, build_folder: str, known: set[str]) -> BuildOutcome:
+def _build_repairing(config: BuildConfig, toolchain: Toolchain, build_folder: str, known: set[str],
+                     cache_root: str | None) -> BuildOutcome:
     fresh = _prepare_folder(build_folder)
     try:
-        return _build_in(config, toolchain, build_folder, known)
+        return _build_in(config, toolchain, build_folder, known, cache_root)
     except _Repairable as failure:
         if fresh:
             raise failure.error from None
@@ -135,7 +137,7 @@ def _build_repairing(config: BuildConfig, toolchain: Toolchain, build_folder: st
     remove_tree(build_folder)
     _prepare_folder(build_folder)
     try:
-        return _build_in(config, toolchain, build_folder, known)
+        return _build_in(config, toolchain, build_folder, known, cache_root)
     except _Repairable as failure:
         raise failure.error from None
 
@@ -151,7 +153,8 @@ def _prepare_folder(build_folder: str) -> bool:
     return not os.listdir(build_folder)
 
 
-def _build_in(config: BuildConfig, toolchain: Toolchain, build_folder: str, known: set[str]) -> BuildOutcome:
+def _build_in(config: BuildConfig, toolchain: Toolchain, build_folder: str, known: set[str],
+              cache_root: str | None) -> BuildOutcome:
     request = config.request
     state = read_state(build_folder)
     invalidate_outdated(build_folder, state, toolchain.identity())
@@ -169,10 +172,12 @@ def _build_in(config: BuildConfig, toolchain: Toolchain, build_folder: str, know
     early = _EarlyWorker()
     try:
         early.start(config, toolchain, build_folder, driver)
-        ninja_only = prepare_ninja_file(request, build_folder,
-                                        with_unique_object_names(list(request.sources), build_folder), driver)
+        ninja_sources = with_unique_object_names(list(request.sources), build_folder)
+        ninja_only = prepare_ninja_file(request, build_folder, ninja_sources, driver)
         if ninja_only:
             probes.start_with_build_flags()
+            if cache_root is not None:
+                _use_shared_pch(config, toolchain, build_folder, cache_root, ninja_sources)
         before = _stamp_before([*_dict(state.get("folders")), *link_folders,
                                 *(os.path.dirname(p) for p in request.sources), *request.include_paths])
         started_ns, started = time.time_ns(), time.monotonic()
@@ -190,6 +195,7 @@ def _build_in(config: BuildConfig, toolchain: Toolchain, build_folder: str, know
     finally:
         probes.cancel()
         early.stop()
+        _release_pch(build_folder)
     deps = result.get("deps", {})
     inputs, headers = _collect_inputs(config, toolchain, deps, build_folder, search, link_files, snapshot,
                                       started_ns)
@@ -207,6 +213,23 @@ def _build_in(config: BuildConfig, toolchain: Toolchain, build_folder: str, know
     details = {"configuration": config.describe(), "compiler_versions": versions,
                "cuda_arch_list": result.get("cuda_arch_list"), "build_folder": build_folder}
     return BuildOutcome(library, inputs, folder_records, toolchain.records, seconds, details)
+
+
+def _use_shared_pch(config: BuildConfig, toolchain: Toolchain, build_folder: str, cache_root: str,
+                    ninja_sources: list[str]) -> None:
+    """Rewrite the driver so that the sources that qualify are compiled with the shared PCH (built first if
+    needed, while the early worker waits); it stays as written when none does."""
+    from .pch import shared_pch_flags
+
+    per_source = shared_pch_flags(config, toolchain, build_folder, cache_root, config.request.sources,
+                                  ninja_sources, _ninja_flags(build_folder))
+    write_driver(build_folder, toolchain.cc_command, toolchain.cxx_command, toolchain.launcher, per_source)
+
+
+def _release_pch(build_folder: str) -> None:
+    from .pch import release_links
+
+    release_links(build_folder)
 
 
 def _dict(value: Any) -> dict[str, Any]:

@@ -253,7 +253,19 @@ def _cmd_clear(args: argparse.Namespace) -> int:
     if args.name is not None and not list_modules(root, args.name):
         raise CommandError(f"no module {args.name!r} in the cache at {root}")
     _settings.check()  # as the library does before it takes a lock: before anything is deleted
-    return _print_report(clear(root, args.name, dry_run=args.dry_run), args.json)
+    status = _print_report(clear(root, args.name, dry_run=args.dry_run), args.json)
+    if args.name is None:
+        _clear_shared_pch(root, args.dry_run, args.json)
+    return status
+
+
+def _clear_shared_pch(root: str, dry_run: bool, as_json: bool) -> None:
+    from .._build.pch import clear_shared_pch
+
+    count, size = clear_shared_pch(root, dry_run)
+    if count and not as_json:
+        print(f"{'would delete' if dry_run else 'deleted'} {count} shared precompiled header"
+              f"{'' if count == 1 else 's'} ({format_size(size)})")
 
 
 def _print_report(report: Any, as_json: bool) -> int:
