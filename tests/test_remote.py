@@ -4,6 +4,7 @@ and host names; compiles are counted by the logging compiler wrappers."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,11 +24,11 @@ pytest.importorskip("redis")
 
 MODULE = "remote_ext"
 HOST_SCRIPT = textwrap.dedent("""
-    import json, sys, time
+    import json, os, sys, time
     started = time.monotonic()
     import cpp_extension_tools as c
     try:
-        module = c.cached_load_torch_cpp_extension({name!r}, {sources!r})
+        module = c.cached_load_torch_cpp_extension({name!r}, {sources!r}, verbose=bool(os.environ.get("VERBOSE")))
         print(json.dumps({{"ok": module.answer(), "seconds": time.monotonic() - started}}))
     except Exception as error:
         print(json.dumps({{"error": type(error).__name__, "message": str(error)}}))
@@ -285,13 +286,17 @@ def test_a_killed_builder_host_is_replaced_within_the_lock_expiry(cluster: Clust
     while not list(redis.scan_iter(match="cpp_extension_tools:1:lock:*")):
         assert time.monotonic() < deadline and builder.poll() is None, "the builder never took the cluster lock"
         time.sleep(0.05)
-    waiter = cluster.start(cluster.env(**expiry))
-    time.sleep(1)
+    waiter = cluster.start(cluster.env(VERBOSE="1", CACHED_CPP_EXTENSION_LOCK_TIMEOUT="40", **expiry))
+    assert waiter.stderr is not None
+    seen = []
+    while not seen or "waiting for the cluster build" not in seen[-1]:  # the waiter waits on the lock
+        seen.append(waiter.stderr.readline())
+        assert seen[-1], f"the waiter ended without waiting: {seen}"
+    assert re.search(r"held by pid \d+ on host node\d+", seen[-1]), seen
     builder.send_signal(signal.SIGKILL)
     builder.communicate(timeout=60)
     killed_at = time.monotonic()
     out, err = waiter.communicate(timeout=300)
     assert last_json(out)["ok"] == 42, err
-    assert "waiting for the cluster build, held by pid" not in err or "on host node" in err
-    assert time.monotonic() - killed_at < 2 + 60, "the waiter did not take over after the lock expired"
+    assert time.monotonic() - killed_at < 2 + 30, "the waiter did not take over soon after the lock expired"
     assert len(cluster.entry_names()) == 1
