@@ -300,3 +300,41 @@ def test_a_killed_builder_host_is_replaced_within_the_lock_expiry(cluster: Clust
     assert last_json(out)["ok"] == 42, err
     assert time.monotonic() - killed_at < 2 + 30, "the waiter did not take over soon after the lock expired"
     assert len(cluster.entry_names()) == 1
+
+
+def _cli(env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cpp_extension_tools", *arguments], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_the_command_line_shows_lists_and_clears_the_remote(cluster: Cluster,
+                                                            good_entry: tuple[bytes, dict[bytes, bytes]]) -> None:
+    import json
+
+    name, fields = good_entry
+    cluster.redis().hset(name, mapping=fields)
+    env = cluster.env()
+    info = json.loads(_cli(env, "--json", "info").stdout)["remote cache"]
+    assert info["reachable"] is True and info["entries"] == 1 and info["size_bytes"] > len(fields[b"binary"]), info
+    listed = _cli(env, "list", "--remote")
+    assert listed.returncode == 0 and MODULE in listed.stdout and "1 entries" in listed.stdout, listed
+    assert json.loads(_cli(env, "--json", "list", "--remote", "other_module").stdout)["entries"] == []
+    assert _cli(env, "clear", "--remote", "other_module").returncode == 0
+    assert cluster.entry_names() == [name]
+    cleared = _cli(env, "clear", "--remote", MODULE)
+    assert cleared.returncode == 0 and "deleted 1 entries" in cleared.stdout, cleared
+    assert cluster.entry_names() == []
+
+
+def test_info_hides_the_password_and_says_when_the_remote_does_not_answer(cluster: Cluster, own_server: Any) -> None:
+    import json
+
+    server = own_server(password="hunter2-hunter2")
+    env = cluster.env(f"redis://:hunter2-hunter2@127.0.0.1:{server.port}/0")
+    result = _cli(env, "--json", "info")
+    info = json.loads(result.stdout)["remote cache"]
+    assert info["reachable"] is True and info["entries"] == 0, info
+    assert "hunter2" not in result.stdout + result.stderr and info["url"].startswith("redis://:***@")
+    server.stop()
+    info = json.loads(_cli(env, "--json", "info").stdout)["remote cache"]
+    assert info["reachable"] is False and "Connection" in info["error"], info
