@@ -15,6 +15,7 @@ from typing import Any
 from cpp_extension_tools import get_default_cpp_cflags
 
 from ._modules import ModuleFiles, write_module
+from ._remote import remote_tier
 from ._run import TOOLS, Workspace, spec
 
 __all__ = ["Settings", "run_all"]
@@ -376,6 +377,7 @@ def run_all(ws: Workspace, s: Settings, log: Any) -> list[dict[str, Any]]:
         ("scaling: sources", lambda: [scaling_sources(ws, s)]),
         ("scaling: artifacts", lambda: [lookup_artifacts(ws, files, s)]),
         ("example kernels", lambda: example_kernels(ws, s)),
+        ("remote tier", lambda: remote_tier(ws, files, 1 if s.quick else 3, s.workers)),
     ]
     for label, step in steps:
         log(f"{label} ...")
