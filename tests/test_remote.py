@@ -338,3 +338,28 @@ def test_info_hides_the_password_and_says_when_the_remote_does_not_answer(cluste
     server.stop()
     info = json.loads(_cli(env, "--json", "info").stdout)["remote cache"]
     assert info["reachable"] is False and "Connection" in info["error"], info
+
+
+@pytest.mark.slow
+def test_redis_killed_while_a_host_waits_means_local_builds_and_one_warning_each(cluster: Cluster,
+                                                                                  own_server: Any) -> None:
+    server = own_server()
+    builder = cluster.start(cluster.env(server.url, COMPILE_DELAY="15"))
+    redis = server.client()
+    deadline = time.monotonic() + 60
+    while not list(redis.scan_iter(match="cpp_extension_tools:1:lock:*")):  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline and builder.poll() is None, "the builder never took the cluster lock"
+        time.sleep(0.05)
+    waiter = cluster.start(cluster.env(server.url, VERBOSE="1"))
+    assert waiter.stderr is not None
+    seen = [waiter.stderr.readline()]
+    while "waiting for the cluster build" not in seen[-1]:
+        assert seen[-1], f"the waiter ended without waiting: {seen}"
+        seen.append(waiter.stderr.readline())
+    server.stop()
+    for process in (builder, waiter):
+        out, err = process.communicate(timeout=300)
+        assert last_json(out)["ok"] == 42, err
+        failures = [line for line in err.splitlines() if "the remote cache" in line and "failed" in line]
+        assert len(failures) == 1 and "Traceback" not in err, err
+    assert len(cluster.compilers.compiles()) == 4  # each host built for itself once the server was gone

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _settings
+from .._errors import RemoteClientMissingError
 from .client import RemoteUnavailable, connect, translated_errors
 from .entry import PREFIX, entry_pattern
 from .url import redacted
@@ -77,7 +78,7 @@ def remote_summary() -> dict[str, Any] | None:
     summary: dict[str, Any] = {"url": redacted(url), "secret_file": _settings.REMOTE_SECRET_FILE.get() or None}
     try:
         entries = list_entries()
-    except RemoteUnavailable as error:
+    except (RemoteUnavailable, RemoteClientMissingError) as error:
         return {**summary, "reachable": False, "error": str(error)}
     return {**summary, "reachable": True, "entries": len(entries), "size_bytes": sum(e.size for e in entries)}
 
