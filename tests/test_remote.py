@@ -363,3 +363,19 @@ def test_redis_killed_while_a_host_waits_means_local_builds_and_one_warning_each
         failures = [line for line in err.splitlines() if "the remote cache" in line and "failed" in line]
         assert len(failures) == 1 and "Traceback" not in err, err
     assert len(cluster.compilers.compiles()) == 4  # each host built for itself once the server was gone
+
+
+def test_a_host_in_a_network_namespace_that_cannot_reach_the_server_builds_locally(cluster: Cluster) -> None:
+    import shutil
+
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "-n", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot create a network namespace here (unshare -n needs root or user namespaces)")
+    started = time.monotonic()
+    completed = subprocess.run([unshare, "-n", sys.executable, str(cluster.script)], env=cluster.env(),
+                               capture_output=True, text=True, timeout=300)
+    assert last_json(completed.stdout)["ok"] == 42, completed.stderr
+    warnings = _remote_warnings(completed.stderr)
+    assert len(warnings) == 1 and f"127.0.0.1:{cluster.server.port}" in warnings[0], completed.stderr
+    assert len(cluster.compilers.compiles()) == 2 and cluster.entry_names() == []
+    assert time.monotonic() - started < 60
