@@ -16,9 +16,9 @@ PYTHON=${PYTHON:-python3}
 CPU_TORCH=torch==2.13.0    # pinned: an unpinned torch downloads several GB of CUDA packages
 CUDA_TORCH=torch==2.14.1   # CUDA 13.0 build, matching the machine's nvcc 13.0
 DOC_TOOLS=("sphinx>=8.2,<10" "myst-parser>=4,<6" "furo>=2024.8.6,<2027")
-DEV_PACKAGES=(pytest xxhash numpy hypothesis ruff mypy matplotlib)
+DEV_PACKAGES=(pytest xxhash numpy hypothesis ruff mypy matplotlib "redis>=5")
 # program:Debian package, for the tests that use them (without one, those tests skip and say why)
-TEST_TOOLS=(ccache:ccache useradd:passwd setpriv:util-linux mount:mount ar:binutils gcc:gcc g++:g++)
+TEST_TOOLS=(ccache:ccache useradd:passwd setpriv:util-linux mount:mount ar:binutils gcc:gcc g++:g++ redis-server:redis-server)
 DEMO_CACHE=${CACHED_CPP_EXTENSION_BUILD_DIR:-$PWD/cached_cpp_extensions}  # the library's default root
 
 make_venv() {  # folder, torch requirement, extra packages...

@@ -60,13 +60,15 @@ setup(
     long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["cpp_extension_tools", *(f"cpp_extension_tools.{sub}" for sub in ("_build", "_cache", "_cli", "_env")),
+    packages=["cpp_extension_tools", *(f"cpp_extension_tools.{sub}" for sub in ("_build", "_cache", "_cli", "_env",
+                                                                                  "_remote")),
               "example_package"],
     install_requires=[
         "torch>=2.1",  # drives the build (torch.utils.cpp_extension.load) and provides the headers
         "ninja",  # torch's load() builds with ninja
         "filelock",  # OS-level locks released by the kernel when a builder dies
     ],
+    extras_require={"remote": ["redis>=5"]},  # the Redis remote tier (CACHED_CPP_EXTENSION_REMOTE_CACHE)
     cmdclass={"build_py": build_py_with_prebuilt(example_extensions, base=BuildPyWithCsrc)},
     distclass=PrebuiltDistribution,
     entry_points={"console_scripts": ["cpp-extension-tools = cpp_extension_tools._cli.main:main"]},

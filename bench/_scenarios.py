@@ -16,6 +16,7 @@ from cpp_extension_tools import get_default_cpp_cflags
 
 from ._modules import ModuleFiles, write_module
 from ._pch import pch_builds
+from ._remote import remote_tier
 from ._run import TOOLS, Workspace, spec
 
 __all__ = ["Settings", "run_all"]
@@ -379,6 +380,7 @@ def run_all(ws: Workspace, s: Settings, log: Any) -> list[dict[str, Any]]:
         ("example kernels", lambda: example_kernels(ws, s)),
         # torch C++ builds take 20-60 s each on 2 cores: full runs only (python -m bench._pch runs it alone).
         ("torch header (shared PCH)", lambda: [] if s.quick else pch_builds(ws, s.repeat)),
+        ("remote tier", lambda: remote_tier(ws, files, 1 if s.quick else 3, s.workers)),
     ]
     for label, step in steps:
         log(f"{label} ...")

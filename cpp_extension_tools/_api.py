@@ -300,7 +300,7 @@ def _build_and_load(store: ModuleStore, config: BuildConfig, toolchain: Toolchai
             store.remove_leftovers()
             manifest, _ = store.find(config, repair=True)
             if manifest is None:
-                manifest = _build_locked(store, config, toolchain, failure_before)
+                manifest = _build_locked(store, config, toolchain, failure_before, deadline)
             return _load(store, config, manifest)  # under the lock: pruning cannot remove it meanwhile
     finally:
         thread_lock.release()
@@ -314,21 +314,30 @@ def _remaining(deadline: float) -> float:
 
 
 def _build_locked(store: ModuleStore, config: BuildConfig, toolchain: Toolchain,
-                  failure_before: FailureSnapshot) -> Manifest:
+                  failure_before: FailureSnapshot, deadline: float = math.inf) -> Manifest:
     digest = sources_digest(config)
     store.raise_if_failed_since(config, failure_before, digest)
-    from ._build.run import run_build
 
-    try:
-        outcome = run_build(config, toolchain, store.build_folder(config), cache_root=store.root)
-    except BuildError as error:
-        store.write_failure(config, digest, error)
-        raise
-    except OSError as error:
-        if is_cache_write_error(error, store.root):  # the build's own files (log, driver, state)
-            raise cache_not_writable(error, store.root) from error
-        raise
-    manifest = store.publish(config, outcome)
+    def build() -> Manifest:
+        from ._build.run import run_build
+
+        try:
+            outcome = run_build(config, toolchain, store.build_folder(config), cache_root=store.root)
+        except BuildError as error:
+            store.write_failure(config, digest, error)
+            raise
+        except OSError as error:
+            if is_cache_write_error(error, store.root):  # the build's own files (log, driver, state)
+                raise cache_not_writable(error, store.root) from error
+            raise
+        return store.publish(config, outcome)
+
+    tier = None
+    if _settings.REMOTE_CACHE.is_set():  # the remote tier is imported only when configured, on a local miss
+        from ._remote.tier import open_tier
+
+        tier = open_tier()
+    manifest = build() if tier is None else tier.obtain(store, config, digest, deadline, build)
     store.clear_failure(config)
     if not config.request.keep_intermediates:
         _remove_intermediates(store.build_folder(config))

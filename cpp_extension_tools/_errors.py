@@ -12,7 +12,8 @@ import errno
 import os
 
 __all__ = ["DISK_FULL_ERRNOS", "BuildError", "CacheNotWritableError", "LockTimeoutError", "ManifestError",
-           "UnsafeCacheError", "cache_not_writable", "is_cache_write_error"]
+           "RemoteClientMissingError", "RemoteSecretError", "UnsafeCacheError", "cache_not_writable",
+           "is_cache_write_error"]
 
 
 class BuildError(RuntimeError):
@@ -69,6 +70,14 @@ class UnsafeCacheError(PermissionError):
 
     Loading it would run that user's code in this process, so the library refuses.
     """
+
+
+class RemoteClientMissingError(ImportError):
+    """CACHED_CPP_EXTENSION_REMOTE_CACHE is set but the ``redis`` client is not installed."""
+
+
+class RemoteSecretError(PermissionError):
+    """The remote cache's secret file is unusable: missing, too short, or readable by other users."""
 
 
 class CacheNotWritableError(OSError):

@@ -24,6 +24,8 @@ __all__ = [
     "BUILD_DIR", "COMPILER_LAUNCHER", "CPU_FINGERPRINT", "DISABLE_JIT", "LOCK_LOG_INTERVAL", "LOCK_TIMEOUT",
     "MAX_SIZE", "PROGRESS", "PYTHON_IDENTITY", "SETTINGS", "SHARED_CACHE", "SKIP_PREBUILT", "TORCH_IDENTITY", "Setting",
     "SettingError", "check",
+    "HOST_NAME", "REMOTE_CACHE", "REMOTE_CONNECT_TIMEOUT", "REMOTE_ENTRY_EXPIRY", "REMOTE_LOCK_EXPIRY",
+    "REMOTE_MAX_ENTRY_SIZE", "REMOTE_SECRET_FILE", "REMOTE_TIMEOUT",
 ]
 
 T = TypeVar("T")
@@ -183,6 +185,47 @@ PROGRESS: Setting[bool | None] = Setting(
     "`auto`: shown unless `verbose=True` (which logs ninja's own lines); `1`: shown even then; `0`: never.",
     default_text="`auto`")
 
+def parse_remote_url(text: str) -> str:
+    """A ``redis://`` or ``rediss://`` URL (checked for its scheme only; the client parses the rest)."""
+    if not text.startswith(("redis://", "rediss://")) or "\n" in text:
+        raise ValueError("expected redis://[user:password@]host:port[/db] or rediss://...")
+    return text
+
+
+REMOTE_CACHE: Setting[str] = Setting(
+    "CACHED_CPP_EXTENSION_REMOTE_CACHE", "", parse_remote_url,
+    "`redis://[user:password@]host:port[/db]` (`rediss://` for TLS): a Redis server shared by a cluster, asked on a "
+    "local miss before building and filled after each build (see the clusters page). Needs the `remote` extra and "
+    "`CACHED_CPP_EXTENSION_REMOTE_SECRET_FILE`; an unreachable server means a local build and one warning.")
+REMOTE_SECRET_FILE: Setting[str] = Setting(
+    "CACHED_CPP_EXTENSION_REMOTE_SECRET_FILE", "", parse_path,
+    "A file holding the secret (at least 16 bytes) that signs and verifies remote entries (HMAC-SHA256). Refused "
+    "when other users can read it (group-readable allowed with `CACHED_CPP_EXTENSION_SHARED_CACHE=1`). Unset: the "
+    "remote tier is not used (one warning).")
+REMOTE_CONNECT_TIMEOUT: Setting[float] = Setting(
+    "CACHED_CPP_EXTENSION_REMOTE_CONNECT_TIMEOUT", 1.0, parse_interval,
+    "Seconds to connect to the remote cache before building locally.", default_text="`1`")
+REMOTE_TIMEOUT: Setting[float] = Setting(
+    "CACHED_CPP_EXTENSION_REMOTE_TIMEOUT", 10.0, parse_interval,
+    "Seconds one remote operation (a read, a write of an entry) may take before the call builds locally.",
+    default_text="`10`")
+REMOTE_LOCK_EXPIRY: Setting[float] = Setting(
+    "CACHED_CPP_EXTENSION_REMOTE_LOCK_EXPIRY", 30.0, parse_interval,
+    "Seconds the cluster build lock lives unless its holder renews it (it renews it every third of that while "
+    "it builds): a builder host that dies is replaced within this time.", default_text="`30`")
+REMOTE_MAX_ENTRY_SIZE: Setting[int] = Setting(
+    "CACHED_CPP_EXTENSION_REMOTE_MAX_ENTRY_SIZE", 256 << 20, parse_size,
+    "Binaries larger than this size (`256M`, powers of 1024) are not pushed to the remote cache.",
+    default_text="`256M`")
+REMOTE_ENTRY_EXPIRY: Setting[float] = Setting(
+    "CACHED_CPP_EXTENSION_REMOTE_ENTRY_EXPIRY", 30 * 86400.0, parse_interval,
+    "Seconds a remote entry lives after its last use (refreshed at most once a day per entry).",
+    default_text="`2592000` (30 days)")
+HOST_NAME: Setting[str] = Setting(
+    "CACHED_CPP_EXTENSION_HOST_NAME", "", parse_text,
+    "The name this host gives in the remote cache's lock and entries (informative; tests pose as other hosts "
+    "with it).", default_text="the host name")
+
 SKIP_PREBUILT: Setting[bool] = Setting(
     "CPP_EXTENSION_TOOLS_SKIP_PREBUILT", False, parse_flag,
     "`1` (or `0`): `setup.py` builds wheels without prebuilt binaries.")
@@ -194,8 +237,9 @@ DISABLE_PCH: Setting[bool] = Setting(
 
 SETTINGS: tuple[Setting[Any], ...] = (  # the order of the docs table
     BUILD_DIR, LOCK_TIMEOUT, LOCK_LOG_INTERVAL, MAX_SIZE, SHARED_CACHE, COMPILER_LAUNCHER,
-    DISABLE_JIT, PROGRESS, CPU_FINGERPRINT, TORCH_IDENTITY, PYTHON_IDENTITY, SKIP_PREBUILT,
-    DISABLE_PCH,
+    DISABLE_JIT, PROGRESS, CPU_FINGERPRINT, TORCH_IDENTITY, PYTHON_IDENTITY, REMOTE_CACHE, REMOTE_SECRET_FILE,
+    REMOTE_CONNECT_TIMEOUT, REMOTE_TIMEOUT, REMOTE_LOCK_EXPIRY, REMOTE_MAX_ENTRY_SIZE, REMOTE_ENTRY_EXPIRY, HOST_NAME,
+    SKIP_PREBUILT, DISABLE_PCH,
 )
 
 

@@ -32,6 +32,7 @@ sources (switching git branches) finds the earlier binary.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -43,9 +44,9 @@ from typing import TYPE_CHECKING, Any
 from .._errors import BuildError, ManifestError, cache_not_writable
 from .._key import BuildConfig
 from .fs import TEMP_MARKER, atomic_copy, atomic_write_bytes, make_dirs, remove_tree, temporary_name
-from .hashing import FileRecord, digest_file, digest_value, file_matches, open_regular
-from .manifest import MANIFEST_NAME, Manifest, read_manifest
-from .trust import check_trusted, file_mode, folder_mode
+from .hashing import FileRecord, digest_file, digest_value, file_matches, open_regular, record_file
+from .manifest import MANIFEST_NAME, FolderRecord, Manifest, ToolRecord, read_manifest
+from .trust import binary_mode, check_trusted, file_mode, folder_mode
 
 if TYPE_CHECKING:
     from .._build.run import BuildOutcome
@@ -341,6 +342,48 @@ class ModuleStore:
         self._write_latest(config, artifact_id)
         return manifest
 
+    def publish_downloaded(self, config: BuildConfig, built: Manifest, binary: bytes) -> tuple[Manifest | None, str]:
+        """Install an artifact built on another host (a verified remote entry): (its local manifest, "") or
+        (None, why it does not fit this host). Called under the module lock, like :meth:`publish`.
+
+        Every input must have, here, the content the builder recorded; the manifest is re-stamped with this
+        disk's stats (inputs, searched folders, tools, the binary as written here), so the warm path checks
+        it as it checks a local build.
+        """
+        why = _downloaded_mismatch(config, built, binary)
+        if why:
+            return None, why
+        try:
+            inputs = tuple(record_file(r.path, r.sha256) for r in built.inputs)
+            folders = tuple(FolderRecord(f.path, os.stat(f.path).st_mtime_ns) for f in built.folders)
+        except (OSError, ValueError) as e:
+            return None, f"this host's files differ from the builder's: {e}"
+        final = self.artifact_folder(built.artifact_id)
+        staging = temporary_name(final)
+        try:
+            make_dirs(staging, folder_mode())
+            destination = os.path.join(staging, built.library_file)
+            atomic_write_bytes(destination, binary, binary_mode())
+            st = os.stat(destination)
+            library = FileRecord(built.library_file, st.st_size, st.st_mtime_ns, digest_file(destination),
+                                 st.st_ctime_ns, st.st_ino, st.st_dev)
+            manifest = Manifest(
+                name=config.name, key=config.key, artifact_id=built.artifact_id, library_file=built.library_file,
+                library=library, sources=config.sources, inputs=inputs, created_at=time.time(),
+                build_seconds=built.build_seconds, details={**built.details, "downloaded": True}, folders=folders,
+                tools=tuple(_restamped_tool(t) for t in built.tools))
+            atomic_write_bytes(os.path.join(staging, MANIFEST_NAME),
+                               json.dumps(manifest.to_json(), indent=1).encode())
+            _install_folder(staging, final)
+        except OSError as e:
+            remove_tree(staging)
+            raise cache_not_writable(e, self.root) from e
+        except BaseException:
+            remove_tree(staging)
+            raise
+        self._write_latest(config, built.artifact_id)
+        return manifest, ""
+
     # -- failures ---------------------------------------------------------------
     # The protocol: failure_snapshot() before waiting for the lock; under it, raise_if_failed_since();
     # write_failure() when the build fails, clear_failure() once one succeeds.
@@ -429,6 +472,26 @@ def _install_folder(staging: str, final: str) -> None:
     os.rename(final, aside)
     os.rename(staging, final)
     remove_tree(aside)  # a process that has the old binary loaded keeps its mapping
+
+
+def _downloaded_mismatch(config: BuildConfig, built: Manifest, binary: bytes) -> str:
+    """Why an artifact built elsewhere is not this configuration's ("" when it is)."""
+    content = digest_value([[r.path, r.sha256] for r in built.inputs])[:16]
+    if (built.key != config.key or built.name != config.name or built.sources != config.sources
+            or built.library_file != f"{config.name}.so" or built.artifact_id != f"{config.short_key}-{content}"):
+        return "its manifest describes another artifact"
+    if len(binary) != built.library.size or hashlib.sha256(binary).hexdigest() != built.library.sha256:
+        return "its binary differs from its manifest"
+    return ""
+
+
+def _restamped_tool(tool: ToolRecord) -> ToolRecord:
+    """A builder's compiler as this host has it at the same path (kept as recorded where it is absent)."""
+    try:
+        st = os.stat(tool.path)
+    except OSError:
+        return tool
+    return ToolRecord(tool.role, tool.path, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _text(value: Any) -> str:

@@ -68,6 +68,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from .._env.info import gather_info
 
     info = gather_info()
+    if _settings.REMOTE_CACHE.is_set():
+        info["remote cache"] = _remote_call(lambda: _remote_inventory().remote_summary())
     if args.json:
         _print_json(info)
     else:
@@ -133,9 +135,49 @@ def _cuda_target_text(target: str) -> str:
 # -- list --------------------------------------------------------------------
 def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", nargs="?", metavar="NAME", help="only this module")
+    parser.add_argument("--remote", action="store_true",
+                        help="list the entries of the remote cache (CACHED_CPP_EXTENSION_REMOTE_CACHE) instead")
+
+
+def _remote_inventory() -> Any:
+    from .._remote import inventory
+
+    return inventory
+
+
+def _remote_call(action: Callable[[], Any]) -> Any:
+    """Run a remote-cache action; its failure (no client, no answer) is a CommandError saying why."""
+    from .._errors import RemoteClientMissingError
+    from .._remote.client import RemoteUnavailable
+
+    try:
+        return action()
+    except (RemoteUnavailable, RemoteClientMissingError) as error:
+        url = _settings.REMOTE_CACHE.get()
+        from .._remote.url import redacted
+
+        raise CommandError(f"the remote cache {redacted(url) if url else ''} failed: {error}") from None
+
+
+def _cmd_list_remote(args: argparse.Namespace) -> int:
+    entries = _remote_call(lambda: _remote_inventory().list_entries(args.name))
+    if args.json:
+        _print_json({"remote": _remote_inventory().redacted_url(), "size_bytes": sum(e.size for e in entries),
+                     "entries": [e.to_json() for e in entries]})
+        return 0
+    print(f"remote cache {_remote_inventory().redacted_url()}: {format_size(sum(e.size for e in entries))} in "
+          f"{len(entries)} entries")
+    if entries:
+        print()
+        print(format_columns(("MODULE", "CONFIGURATION", "SOURCES", "SIZE", "PUSHED BY", "REFRESHED"),
+                             [(e.module, e.configuration, e.sources, format_size(e.size), e.host, _when(e.touched))
+                              for e in entries]), end="")
+    return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    if args.remote:
+        return _cmd_list_remote(args)
     from .._cache.inventory import visible_modules
 
     root = _cache_root()
@@ -243,9 +285,27 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 def _add_clear_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", nargs="?", metavar="NAME", help="only this module (default: every module)")
     parser.add_argument("--dry-run", action="store_true", help="show what would be deleted, delete nothing")
+    parser.add_argument("--remote", action="store_true",
+                        help="delete the entries of the remote cache (CACHED_CPP_EXTENSION_REMOTE_CACHE) instead")
+
+
+def _cmd_clear_remote(args: argparse.Namespace) -> int:
+    inventory = _remote_inventory()
+    action = inventory.list_entries if args.dry_run else inventory.delete_entries
+    entries = _remote_call(lambda: action(args.name))
+    verb = "would delete" if args.dry_run else "deleted"
+    if args.json:
+        _print_json({"remote": inventory.redacted_url(), "dry_run": args.dry_run,
+                     "removed": [e.to_json() for e in entries]})
+        return 0
+    print(f"{verb} {len(entries)} entries ({format_size(sum(e.size for e in entries))}) from the remote cache "
+          f"{inventory.redacted_url()}")
+    return 0
 
 
 def _cmd_clear(args: argparse.Namespace) -> int:
+    if args.remote:
+        return _cmd_clear_remote(args)
     from .._cache.inventory import list_modules
     from .._cache.prune import clear
 
@@ -377,7 +437,8 @@ COMMANDS: list[Command] = [
             "for build scripts that link other C++ code against torch.", _cmd_abi),
     Command("list", "list cached modules and artifacts",
             "List each module in the cache root (CACHED_CPP_EXTENSION_BUILD_DIR): its artifacts with size, "
-            "build and last-use times and what they were built for, and its build folders.",
+            "build and last-use times and what they were built for, and its build folders. With --remote, the "
+            "remote cache's entries of this library instead.",
             _cmd_list, _add_list_arguments),
     Command("prune", "delete least recently used cache entries",
             "Delete artifacts and build folders, least recently used first: those unused for longer than "
@@ -387,11 +448,13 @@ COMMANDS: list[Command] = [
     Command("clear", "delete every cache entry (of one module)",
             "Delete all artifacts, build folders, hints and failure records of every module (or NAME), "
             "waiting up to 10 s for a build in progress. Lock files stay (deleting a lock another process "
-            "holds would split it).", _cmd_clear, _add_clear_arguments),
+            "holds would split it). With --remote, the remote cache's entries of this library instead.",
+            _cmd_clear, _add_clear_arguments),
     Command("build", "fill the cache ahead of time",
             "Import each TARGET, which builds (or finds cached) every extension it loads, in this "
             "environment and cache root: run it in a container image build, or before starting many "
-            "workers.", _cmd_build, _add_build_arguments),
+            "workers. With a remote cache configured, what it builds is pushed there too, for the cluster.",
+            _cmd_build, _add_build_arguments),
 ]
 
 

@@ -48,8 +48,13 @@ def settings_info() -> dict[str, Any]:
     """The settings that are set (the root is in "cache"), and any other CACHED_CPP_EXTENSION_* variable
     (a misspelt name the library ignores)."""
     known = {s.name for s in _settings.SETTINGS if s.is_set() and s is not _settings.BUILD_DIR}
-    return {name: value for name, value in sorted(os.environ.items())
-            if name in known or (name.startswith("CACHED_CPP_EXTENSION_") and name != _settings.BUILD_DIR.name)}
+    shown = {name: value for name, value in sorted(os.environ.items())
+             if name in known or (name.startswith("CACHED_CPP_EXTENSION_") and name != _settings.BUILD_DIR.name)}
+    if _settings.REMOTE_CACHE.name in shown:  # never print its password
+        from .._remote.url import redacted
+
+        shown[_settings.REMOTE_CACHE.name] = redacted(shown[_settings.REMOTE_CACHE.name])
+    return shown
 
 
 def torch_info() -> dict[str, Any]:
