@@ -5,10 +5,9 @@ modules that may change.
 """
 
 from ._api import cached_load_torch_cpp_extension
+from ._arguments import get_cpp_sources_list_from_folder, get_default_cpp_cflags, get_default_cuda_cflags
 from ._env.cpu import get_portable_cpp_cflags, get_portable_cuda_cflags
-from ._env.flags import get_default_cpp_cflags, get_default_cuda_cflags
 from ._errors import BuildError, CacheNotWritableError, LockTimeoutError, UnsafeCacheError
-from ._sources import get_cpp_sources_list_from_folder
 from ._version import __version__
 
 TYPE_CHECKING = False

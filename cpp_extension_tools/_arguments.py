@@ -2,7 +2,12 @@
 
 Everything downstream (the cache key, the build, the worker's spec, the ninja
 file, the prebuilt builder, publication) reads the request; adding an argument
-is one edit here plus its use.
+is one edit here plus its use. What the arguments mean lives here too: the
+source suffixes of each language, the default flags, paths in flags made
+absolute, and listing the sources of a folder.
+
+(One module rather than three: each module on the warm import costs about as
+much as the code it holds; see docs/benchmarks.md.)
 """
 
 from __future__ import annotations
@@ -13,10 +18,14 @@ import stat
 from collections.abc import Iterable
 from typing import Any
 
-from ._env.flags import absolute_path_flags, get_default_cpp_cflags, get_default_cuda_cflags
-from ._sources import language_of
+__all__ = ["C_SUFFIXES", "CPP_SUFFIXES", "CUDA_SUFFIXES", "SOURCE_SUFFIXES", "BuildRequest", "absolute_path_flags",
+           "get_cpp_sources_list_from_folder", "get_default_cpp_cflags", "get_default_cuda_cflags", "language_of",
+           "validated_request"]
 
-__all__ = ["BuildRequest", "validated_request"]
+C_SUFFIXES = (".c",)
+CPP_SUFFIXES = (".cc", ".cpp", ".cxx")
+CUDA_SUFFIXES = (".cu",)
+SOURCE_SUFFIXES = C_SUFFIXES + CPP_SUFFIXES + CUDA_SUFFIXES
 
 # The arguments, in the order of the call's signature; a request also holds what validation derives.
 _ARGUMENTS = ("name", "sources", "include_paths", "cflags", "cuda_cflags", "ldflags", "with_cuda", "verbose")
@@ -190,3 +199,127 @@ def _checked_path(argument: str, path: str) -> str:
         raise ValueError(f"{argument}: {path!r} contains a line break or NUL byte, which no build file can hold; "
                          "rename the file or folder")
     return path
+
+
+# -- sources ---------------------------------------------------------------------------
+
+def language_of(path: str) -> str:
+    """Return "c", "c++" or "cuda" for a source path (suffixes are case-sensitive, as for gcc)."""
+    suffix = os.path.splitext(path)[1]
+    if suffix in C_SUFFIXES:
+        return "c"
+    if suffix in CPP_SUFFIXES:
+        return "c++"
+    if suffix in CUDA_SUFFIXES:
+        return "cuda"
+    raise ValueError(
+        f"sources: unknown file extension for {path!r}; expected one of {', '.join(SOURCE_SUFFIXES)}")
+
+
+def get_cpp_sources_list_from_folder(folder: str | os.PathLike[str], recursive: bool = False,
+                                     exclude: Iterable[str] = ()) -> list[str]:
+    """Return the sorted absolute paths of the C, C++ and CUDA sources in ``folder``.
+
+    Files ending in .c, .cc, .cpp, .cxx or .cu are returned; headers and other
+    files are not. With ``recursive=True`` sub-folders are searched too.
+
+    ``exclude``: glob patterns (:mod:`fnmatch`: ``*`` also matches ``/``) matched against each
+    source's path relative to ``folder``, with ``/`` between folders, e.g.
+    ``exclude=("*_test.cpp", "other_module/*")``; a source that matches any of them is left out.
+    """
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f"folder: expected a path, got {type(folder).__name__}")
+    patterns = _checked_patterns(exclude)
+    folder = os.path.abspath(os.fspath(folder))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"folder: no such directory: {folder!r}")
+    found: list[str] = []
+    if recursive:
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames.sort()
+            found.extend(os.path.join(dirpath, f) for f in filenames if f.endswith(SOURCE_SUFFIXES))
+    else:
+        with os.scandir(folder) as entries:
+            found.extend(e.path for e in entries if e.is_file() and e.name.endswith(SOURCE_SUFFIXES))
+    if patterns:
+        found = [path for path in found if not _excluded(os.path.relpath(path, folder), patterns)]
+    return sorted(found)
+
+
+def _checked_patterns(exclude: object) -> tuple[str, ...]:
+    if isinstance(exclude, str):
+        raise TypeError(f"exclude: expected a list of glob patterns, got a single str {exclude!r}; write [{exclude!r}]")
+    if not isinstance(exclude, Iterable):
+        raise TypeError(f"exclude: expected a list of glob patterns, got {type(exclude).__name__}")
+    patterns = tuple(exclude)
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise TypeError(f"exclude: expected str patterns, got an item of type {type(pattern).__name__}")
+    return patterns
+
+
+def _excluded(relative: str, patterns: tuple[str, ...]) -> bool:
+    import fnmatch  # only when patterns are given
+
+    relative = relative.replace(os.sep, "/")
+    return any(fnmatch.fnmatchcase(relative, pattern) for pattern in patterns)
+
+
+# -- flags -----------------------------------------------------------------------------
+
+def get_default_cpp_cflags() -> list[str]:
+    """Flags for C and C++ sources: optimized for this machine's CPU, with warnings on.
+
+    ``-march=native`` ties the binary to this CPU's features; the cache key then
+    includes the CPU's feature set so a shared cache never hands the binary to
+    another CPU.
+    """
+    return ["-O3", "-march=native", "-Wall", "-Wextra", "-fno-strict-aliasing"]
+
+
+def get_default_cuda_cflags() -> list[str]:
+    """Flags for nvcc: optimized device code, host code tuned for this CPU."""
+    # No --use_fast_math: it changes numerical results, which a default must not do.
+    return ["-O3", "-Xcompiler", "-march=native", "-Xcompiler", "-Wall", "-lineinfo"]
+
+
+# Flags whose value is a path, attached ("-Iinc") or as the next word ("-isystem inc").
+_PATH_FLAGS = ("-I", "-isystem", "-idirafter", "-iquote", "-include", "-imacros", "-isysroot", "--sysroot", "-L",
+               "-B")
+_ATTACHED_ONLY = ("-I", "-L", "-B")  # "-isystem" as a prefix would also match "-isystemfoo": spelled apart
+
+
+def absolute_path_flags(flags: list[str], linker: bool = False) -> list[str]:
+    """``flags`` with relative paths made absolute against the current working directory.
+
+    The compilers run in the build folder, where "-Iinc" would mean something else than the caller
+    meant. With ``linker``, bare words that name existing files (objects, static libraries) count too.
+    """
+    result: list[str] = []
+    expects_path = False
+    for flag in flags:
+        if expects_path:
+            result.append(os.path.abspath(flag) if flag else flag)
+            expects_path = False
+            continue
+        if flag in _PATH_FLAGS:
+            expects_path = True
+            result.append(flag)
+            continue
+        result.append(_absolute_attached(flag, linker))
+    return result
+
+
+def _absolute_attached(flag: str, linker: bool) -> str:
+    for prefix in _PATH_FLAGS:
+        if flag.startswith(prefix) and len(flag) > len(prefix) and (prefix in _ATTACHED_ONLY or
+                                                                     flag[len(prefix)] == "="):
+            value = flag[len(prefix):]
+            separator = "=" if value.startswith("=") and prefix not in _ATTACHED_ONLY else ""
+            path = value[len(separator):]
+            if path.startswith("=") or os.path.isabs(path):  # "-I=dir" is relative to the sysroot: left as is
+                return flag
+            return prefix + separator + os.path.abspath(path)
+    if linker and not flag.startswith("-") and not os.path.isabs(flag) and os.path.isfile(flag):
+        return os.path.abspath(flag)
+    return flag

@@ -74,6 +74,31 @@ def test_sources_listed_from_folder_are_sorted_and_filtered(tmp_path: Path) -> N
         get_cpp_sources_list_from_folder(tmp_path / "missing")
 
 
+def test_sources_listed_from_folder_leave_out_what_exclude_matches(tmp_path: Path) -> None:
+    for relative in ("main.cpp", "main_test.cpp", "util.c", "other_module/a.cpp", "other_module/deep/b.cu",
+                     "sub/keep.cc", "sub/keep_test.cpp"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text("")
+
+    def listed(**kwargs: object) -> list[str]:
+        found = get_cpp_sources_list_from_folder(tmp_path, **kwargs)  # type: ignore[arg-type]
+        return [Path(p).relative_to(tmp_path).as_posix() for p in found]
+
+    everything = listed(recursive=True)
+    assert everything == ["main.cpp", "main_test.cpp", "other_module/a.cpp", "other_module/deep/b.cu",
+                          "sub/keep.cc", "sub/keep_test.cpp", "util.c"]
+    # Patterns match the path relative to the folder; "*" crosses folders, as fnmatch's does.
+    assert listed(recursive=True, exclude=("*_test.cpp", "other_module/*")) == ["main.cpp", "sub/keep.cc", "util.c"]
+    assert listed(recursive=True, exclude=["sub/*.cc"]) == [p for p in everything if p != "sub/keep.cc"]
+    assert listed(exclude=("main*",)) == ["util.c"]  # without recursive=True, as before: this folder only
+    assert listed(recursive=True, exclude=()) == everything
+    assert listed(recursive=True, exclude=("/abs/*", "MAIN.cpp")) == everything  # case-sensitive, as suffixes are
+    with pytest.raises(TypeError, match="exclude: expected a list of glob patterns, got a single str"):
+        listed(exclude="*_test.cpp")
+    with pytest.raises(TypeError, match="exclude: expected str patterns"):
+        listed(exclude=[3])
+
+
 def test_build_error_pickles_with_all_fields() -> None:
     error = BuildError("boom", name="ext", command="cc -c x.c", log_path="/tmp/log", compiler_output="x.c:1: error")
     clone = pickle.loads(pickle.dumps(error))
