@@ -37,7 +37,7 @@ class BuildRequest:
     # Hand-written rather than @dataclass(frozen=True, slots=True): constructing either costs the same
     # (1-2 us: each slot is set through object.__setattr__), but the dataclass exec()s generated code when
     # its class is created, 1.2 ms of `import cpp_extension_tools` against 30 us for this one (timeit).
-    __slots__ = (*_ARGUMENTS, "languages")
+    __slots__ = (*_ARGUMENTS, "languages", "source_stats")
 
     name: str
     sources: tuple[str, ...]
@@ -48,10 +48,13 @@ class BuildRequest:
     with_cuda: bool
     verbose: bool
     languages: frozenset[str]  # of the sources: "c", "c++", "cuda"
+    # The stat of each source taken by validation (its check that the file exists), () when not taken: the
+    # warm lookup compares the manifest's records of the sources with these instead of a second stat each.
+    source_stats: tuple[os.stat_result, ...]
 
     def __init__(self, name: str, sources: tuple[str, ...], include_paths: tuple[str, ...], cflags: tuple[str, ...],
                  cuda_cflags: tuple[str, ...], ldflags: tuple[str, ...], with_cuda: bool, verbose: bool,
-                 languages: frozenset[str] | None = None) -> None:
+                 languages: frozenset[str] | None = None, source_stats: tuple[os.stat_result, ...] = ()) -> None:
         init = object.__setattr__
         init(self, "name", name)
         init(self, "sources", sources)
@@ -63,6 +66,7 @@ class BuildRequest:
         init(self, "verbose", verbose)
         # Validation passes the languages it found while checking each source.
         init(self, "languages", frozenset(map(language_of, sources)) if languages is None else languages)
+        init(self, "source_stats", source_stats)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"a BuildRequest is read-only (tried to set {name!r})")
@@ -91,7 +95,7 @@ def validated_request(name: object, sources: object, include_paths: object, cfla
     sources". Nothing is written, run or looked up on PATH.
     """
     checked_name = _checked_name(name)
-    checked_sources, languages = _checked_sources(sources)
+    checked_sources, languages, source_stats = _checked_sources(sources)
     checked_includes = _checked_include_paths(include_paths)
     # Relative paths in flags mean the caller's working directory, not the build folder the compilers run in.
     checked_cflags = get_default_cpp_cflags() if cflags is None else absolute_path_flags(
@@ -103,7 +107,7 @@ def validated_request(name: object, sources: object, include_paths: object, cfla
         raise TypeError(f"verbose: expected a bool, got {type(verbose).__name__}")
     return BuildRequest(checked_name, checked_sources, checked_includes, tuple(checked_cflags),
                         tuple(checked_cuda_cflags), tuple(checked_ldflags), _checked_with_cuda(with_cuda, languages),
-                        verbose, languages)
+                        verbose, languages, source_stats)
 
 
 def _checked_name(name: object) -> str:
@@ -117,8 +121,9 @@ def _checked_name(name: object) -> str:
     return name
 
 
-def _checked_sources(sources: object) -> tuple[tuple[str, ...], frozenset[str]]:
-    """(absolute, normalized source paths, their languages); raise naming ``sources`` when anything is off."""
+def _checked_sources(sources: object) -> tuple[tuple[str, ...], frozenset[str], tuple[os.stat_result, ...]]:
+    """(absolute, normalized source paths, their languages, their stats); raise naming ``sources`` when anything
+    is off."""
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     if not isinstance(sources, (list, tuple, Iterable)):  # the ABC's check is slow: the usual types first
@@ -126,24 +131,26 @@ def _checked_sources(sources: object) -> tuple[tuple[str, ...], frozenset[str]]:
     result: list[str] = []
     seen: set[str] = set()
     languages: set[str] = set()
+    stats: list[os.stat_result] = []
     for item in sources:
         if not isinstance(item, (str, os.PathLike)):
             raise TypeError(f"sources: expected paths, got an item of type {type(item).__name__}")
         path = _checked_path("sources", os.path.abspath(os.fspath(item)))
         languages.add(language_of(path))
         try:
-            mode = os.stat(path).st_mode  # one stat for both checks: this runs on every call
+            info = os.stat(path)  # one stat for both checks, and for the lookup's (this runs on every call)
         except OSError:
             raise FileNotFoundError(f"sources: no such file: {path!r}") from None
-        if not stat.S_ISREG(mode):
+        if not stat.S_ISREG(info.st_mode):
             raise ValueError(f"sources: {path!r} is not a regular file")
         if path in seen:
             raise ValueError(f"sources: {path!r} is listed twice")
         seen.add(path)
         result.append(path)
+        stats.append(info)
     if not result:
         raise ValueError("sources: the list is empty; pass at least one .c/.cc/.cpp/.cxx/.cu file")
-    return tuple(result), frozenset(languages)
+    return tuple(result), frozenset(languages), tuple(stats)
 
 
 def _checked_include_paths(paths: object) -> tuple[str, ...]:

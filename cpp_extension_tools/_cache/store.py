@@ -201,8 +201,11 @@ class ModuleStore:
             return None, "its manifest describes another artifact", ours
         if manifest.sources != config.sources:
             return None, "the list of sources changed", False
+        # The warm lookup follows the argument checks of this call within microseconds: their stats of the
+        # sources stand for them. Under the lock (check_library), after a wait of any length, stat again.
+        known = {} if check_library else dict(zip(config.sources, config.request.source_stats, strict=False))
         for record in manifest.inputs:
-            if not file_matches(record):
+            if not file_matches(record, known=known.get(record.path)):
                 return None, f"{record.path} changed", False
         changed = manifest.changed_folder() or manifest.changed_tool()
         if changed:
