@@ -5,15 +5,13 @@ modules that may change.
 """
 
 from ._api import cached_load_torch_cpp_extension
+from ._arguments import get_cpp_sources_list_from_folder, get_default_cpp_cflags, get_default_cuda_cflags
 from ._env.cpu import get_portable_cpp_cflags, get_portable_cuda_cflags
-from ._env.flags import get_default_cpp_cflags, get_default_cuda_cflags
 from ._errors import BuildError, CacheNotWritableError, LockTimeoutError, UnsafeCacheError
-from ._sources import get_cpp_sources_list_from_folder
 from ._version import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._env.cuda import cuda_unavailable_reason
     from ._inline import cached_load_inline
     from ._torch_compat import patch_torch
 
@@ -40,13 +38,26 @@ __all__ = [
 # its own handlers only.
 
 
-def __getattr__(name: str) -> object:
-    # The CUDA module is not needed by a warm call (nor by a C or C++ build): it is imported on first use.
-    if name == "cuda_unavailable_reason":
-        from ._env.cuda import cuda_unavailable_reason
+def cuda_unavailable_reason() -> str | None:
+    """Why CUDA sources cannot be built here, or None when they can.
 
-        return cuda_unavailable_reason
-    # The drop-ins for torch's JIT API: only for the callers that use them.
+    They can when torch is a CUDA build and an nvcc is found (PYTORCH_NVCC,
+    CUDA_HOME/CUDA_PATH, or a toolkit reached from PATH). Cheap: no subprocess,
+    and CUDA is not initialized, so packages may call it at import.
+    """
+    import torch
+
+    if torch.version.cuda is None:
+        # Said here, without importing the CUDA module: packages call this at import, where each module
+        # imported is time (a C or C++ build and its warm load never need that module).
+        return f"torch {torch.__version__} is a CPU-only build"
+    from ._env.cuda import cuda_unavailable_reason as reason
+
+    return reason()
+
+
+def __getattr__(name: str) -> object:
+    # The drop-ins for torch's JIT API: imported only by the callers that use them.
     if name == "cached_load_inline":
         from ._inline import cached_load_inline
 

@@ -22,8 +22,9 @@ from ._version import __version__
 __all__ = ["COMPILER_VARIABLES", "CUDA_COMPILER_VARIABLES", "NVCC_VARIABLES", "BuildConfig", "compiler_environment",
            "configured_compiler", "make_config"]
 
-# Bump when the cache layout or build recipe changes incompatibly.
-CACHE_FORMAT = 2
+# Bump when the cache layout, the build recipe or the key's digest changes incompatibly (3: the key is a
+# BLAKE2b digest, no longer SHA-256).
+CACHE_FORMAT = 3
 
 
 class BuildConfig:

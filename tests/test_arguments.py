@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 from pathlib import Path
 
@@ -74,6 +76,31 @@ def test_sources_listed_from_folder_are_sorted_and_filtered(tmp_path: Path) -> N
         get_cpp_sources_list_from_folder(tmp_path / "missing")
 
 
+def test_sources_listed_from_folder_leave_out_what_exclude_matches(tmp_path: Path) -> None:
+    for relative in ("main.cpp", "main_test.cpp", "util.c", "other_module/a.cpp", "other_module/deep/b.cu",
+                     "sub/keep.cc", "sub/keep_test.cpp"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text("")
+
+    def listed(**kwargs: object) -> list[str]:
+        found = get_cpp_sources_list_from_folder(tmp_path, **kwargs)  # type: ignore[arg-type]
+        return [Path(p).relative_to(tmp_path).as_posix() for p in found]
+
+    everything = listed(recursive=True)
+    assert everything == ["main.cpp", "main_test.cpp", "other_module/a.cpp", "other_module/deep/b.cu",
+                          "sub/keep.cc", "sub/keep_test.cpp", "util.c"]
+    # Patterns match the path relative to the folder; "*" crosses folders, as fnmatch's does.
+    assert listed(recursive=True, exclude=("*_test.cpp", "other_module/*")) == ["main.cpp", "sub/keep.cc", "util.c"]
+    assert listed(recursive=True, exclude=["sub/*.cc"]) == [p for p in everything if p != "sub/keep.cc"]
+    assert listed(exclude=("main*",)) == ["util.c"]  # without recursive=True, as before: this folder only
+    assert listed(recursive=True, exclude=()) == everything
+    assert listed(recursive=True, exclude=("/abs/*", "MAIN.cpp")) == everything  # case-sensitive, as suffixes are
+    with pytest.raises(TypeError, match="exclude: expected a list of glob patterns, got a single str"):
+        listed(exclude="*_test.cpp")
+    with pytest.raises(TypeError, match="exclude: expected str patterns"):
+        listed(exclude=[3])
+
+
 def test_build_error_pickles_with_all_fields() -> None:
     error = BuildError("boom", name="ext", command="cc -c x.c", log_path="/tmp/log", compiler_output="x.c:1: error")
     clone = pickle.loads(pickle.dumps(error))
@@ -111,13 +138,16 @@ def test_many_sources_are_checked_for_duplicates(tmp_path: Path) -> None:
         validated_request("ext", [*sources, sources[150]], (), [], [], [], False, None)
 
 
-# The cache key of a fixed request and environment, computed with the code before the request object
-# existed: CACHE_FORMAT stays 2 and existing caches stay valid only while these digests do not change.
+# The cache key of a fixed request and environment: CACHE_FORMAT stays 3 and existing caches stay valid
+# only while these digests do not change. The last column: the SHA-256 of the same document with format 2,
+# the keys of format 2 (computed with the code before the request object existed), so that the move to
+# format 3 (a BLAKE2b digest) is known to have changed the digest and the format number only.
 PINNED_KEYS = [
     (BuildRequest("pinned_ext", ("/src/a.c", "/src/b.cpp"), ("/src/include",), ("-O3", "-DX=1"), ("-O2",), ("-lm",),
                   False, False),
      {"torch": {"version": "2.5.0", "cuda": None}, "python": {"version": "3.12.1", "abi": "cp312"}, "cxx": "c++",
       "cc": "cc", "compiler_environment": {"CPATH": "/opt/include"}},
+     "60b00e385cb2c51eda33c197a6f168bf840262029c75d2b12d111bc3403f02f5",
      "6f807508805b59be1bf794d3a214a99eb2e06dffaf39f4fd5c25e6bf9f52f41b"),
     (BuildRequest("pinned_cuda", ("/src/k.cu",), (), ("-march=native",), ("-O3", "--use_fast_math"), (), True,
                   True),
@@ -125,13 +155,19 @@ PINNED_KEYS = [
       "cc": "cc", "compiler_environment": {"CPATH": "/opt/include"},
       "nvcc": {"PYTORCH_NVCC": None, "CUDA_HOME": "/usr/local/cuda", "CUDA_PATH": None},
       "cuda_target": {"archs": ["8.0"]}, "cpu": "x86_64 avx2", "cuda_host_cc": "gcc"},
+     "27d21aeee0c25e2ad019c53b146f17f1e1a8f55a1ee2a8fba4234c6002c4d41f",
      "205e17e3f9f3c70b51075a3805bff793bccb93cc4c1a2463b36a8e49d9fe68d7"),
 ]
 
 
-@pytest.mark.parametrize(("request_", "environment", "key"), PINNED_KEYS, ids=["cpu", "cuda"])
+@pytest.mark.parametrize(("request_", "environment", "key", "format_2_key"), PINNED_KEYS, ids=["cpu", "cuda"])
 def test_the_cache_key_of_a_fixed_request_does_not_change(monkeypatch: pytest.MonkeyPatch, request_: BuildRequest,
-                                                          environment: dict[str, object], key: str) -> None:
+                                                          environment: dict[str, object], key: str,
+                                                          format_2_key: str) -> None:
     monkeypatch.setattr(_config, "__version__", "0.0.0-pinned")  # a release changes every key, by design
-    assert _config.CACHE_FORMAT == 2
-    assert BuildConfig(request_, environment).key == key
+    assert _config.CACHE_FORMAT == 3
+    config = BuildConfig(request_, environment)
+    assert config.key == key
+    document = {**config.describe(), "format": 2}
+    encoded = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    assert hashlib.sha256(encoded).hexdigest() == format_2_key

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 import cpp_extension_tools as c
 from cpp_extension_tools import _loader
-from cpp_extension_tools._cache import store as _store
+from cpp_extension_tools._cache import fs as _fs
 from cpp_extension_tools._cache.manifest import parse_manifest
 from cpp_extension_tools._errors import CacheNotWritableError, ManifestError, UnsafeCacheError
 from tests.conftest import BuildRuns, CompilerLog, last_json, run_python, write_module
@@ -264,7 +264,7 @@ def test_full_disk_during_publication(built: tuple[list[str], Path], cache_root:
     # A context of its own: monkeypatch.undo() would also undo the cache_root fixture's environment,
     # and the next load would then write into the default root (the current folder).
     with monkeypatch.context() as patch, pytest.raises(CacheNotWritableError, match="free some space") as info:
-        patch.setattr(_store, "atomic_copy", no_space)
+        patch.setattr(_fs, "atomic_copy", no_space)  # the store imports it from _cache.fs where it copies
         load(sources)
     assert "CACHED_CPP_EXTENSION_BUILD_DIR" in str(info.value)
     assert artifacts(cache_root) == [artifact], "the staging folder is gone, the old entry untouched"

@@ -159,7 +159,7 @@ KILL_SCRIPT = """
 import json, logging, os, sys, time
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
 import cpp_extension_tools as c
-from cpp_extension_tools._cache import store as _store
+from cpp_extension_tools._cache import fs as _fs, store as _store
 
 MARKERS = os.environ.get("PHASE_MARKERS")
 DELAY = float(os.environ.get("PUBLISH_DELAY") or 0)
@@ -188,17 +188,21 @@ def instrumented(label, call):
 
 
 if MARKERS:
-    real_copy, real_write = _store.atomic_copy, _store.atomic_write_bytes
+    # The store imports these from _cache.fs where it writes (not at its import): patched there, and
+    # instrumented only when the store calls them.
+    real_copy, real_write = _fs.atomic_copy, _fs.atomic_write_bytes
 
     def atomic_copy(source, destination, *args, **kwargs):
         instrumented("copy", lambda: real_copy(source, destination, *args, **kwargs))
 
     def atomic_write_bytes(path, data, *args, **kwargs):
+        if sys._getframe(1).f_globals.get("__name__") != _store.__name__:
+            return real_write(path, data, *args, **kwargs)
         base = os.path.basename(path)
         label = "manifest" if base == "manifest.json" else base.split("-")[0]
         instrumented(label, lambda: real_write(path, data, *args, **kwargs))
 
-    _store.atomic_copy, _store.atomic_write_bytes = atomic_copy, atomic_write_bytes
+    _fs.atomic_copy, _fs.atomic_write_bytes = atomic_copy, atomic_write_bytes
     if hasattr(_store, "_install_folder"):  # renames the staged artifact folder into place
         real_install = _store._install_folder
 

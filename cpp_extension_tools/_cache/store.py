@@ -43,10 +43,12 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import BuildError, ManifestError, cache_not_writable
 from .._key import BuildConfig
-from .fs import TEMP_MARKER, atomic_copy, atomic_write_bytes, make_dirs, remove_tree, temporary_name
 from .hashing import FileRecord, digest_file, digest_value, file_matches, open_regular, record_file
 from .manifest import MANIFEST_NAME, FolderRecord, Manifest, ToolRecord, read_manifest
 from .trust import binary_mode, check_trusted, file_mode, folder_mode
+
+# .fs (the writing half) is imported inside the functions that write: a warm call writes nothing but, rarely,
+# a hint, and each module on the warm import costs as much as its code (docs/benchmarks.md).
 
 if TYPE_CHECKING:
     from .._build.run import BuildOutcome
@@ -146,6 +148,8 @@ class ModuleStore:
 
         A plain file where one of them belongs (left by a tool or a person) is deleted with a warning.
         """
+        from .fs import make_dirs
+
         for folder in (self.artifacts_folder, self.build_folder(config)):
             check_trusted(self.root, folder)  # before: never create anything through a symlink
             try:
@@ -203,8 +207,11 @@ class ModuleStore:
             return None, "its manifest describes another artifact", ours
         if manifest.sources != config.sources:
             return None, "the list of sources changed", False
+        # The warm lookup follows the argument checks of this call within microseconds: their stats of the
+        # sources stand for them. Under the lock (check_library), after a wait of any length, stat again.
+        known = {} if check_library else dict(zip(config.sources, config.request.source_stats, strict=False))
         for record in manifest.inputs:
-            if not file_matches(record):
+            if not file_matches(record, known=known.get(record.path)):
                 return None, f"{record.path} changed", False
         changed = manifest.changed_folder() or manifest.changed_tool()
         if changed:
@@ -220,6 +227,8 @@ class ModuleStore:
             logger.debug("damaged cache entry %s: %s", folder, why)
             return
         logger.warning("deleting a damaged cache entry (it will be rebuilt): %s: %s", folder, why)
+        from .fs import remove_tree
+
         remove_tree(folder)
 
     def remove_leftovers(self) -> None:
@@ -229,6 +238,8 @@ class ModuleStore:
         writer that died. In the module folder, the warm path may update a latest-* hint without
         the lock; its temporary files live for milliseconds, so only old ones are deleted.
         """
+        from .fs import TEMP_MARKER, remove_tree
+
         now = time.time()
         # builds/: build folders pruning had renamed to delete
         for folder, min_age in ((self.artifacts_folder, 0.0), (self.builds_folder, 0.0), (self.folder, 600.0)):
@@ -269,6 +280,8 @@ class ModuleStore:
 
     def record_files(self) -> list[str]:
         """The module's latest-* hints and failure records (complete ones: no temporary files)."""
+        from .fs import TEMP_MARKER
+
         try:
             with os.scandir(self.folder) as scanned:
                 return [e.path for e in scanned
@@ -291,6 +304,8 @@ class ModuleStore:
         return target is not None and os.path.isdir(self.artifact_folder(target))
 
     def _candidate_folders(self, config: BuildConfig, skip: str | None) -> list[str]:
+        from .fs import TEMP_MARKER  # a scan: no hint, or a hint naming a damaged artifact
+
         prefix = config.short_key + "-"
         try:
             with os.scandir(self.artifacts_folder) as entries:
@@ -304,6 +319,8 @@ class ModuleStore:
         return read_hint(self._latest_path(config))
 
     def _write_latest(self, config: BuildConfig, artifact_id: str) -> None:
+        from .fs import atomic_write_bytes
+
         try:
             atomic_write_bytes(self._latest_path(config), artifact_id.encode("ascii"))
         except OSError as e:  # only a hint: the next lookup scans the artifacts instead
@@ -312,6 +329,8 @@ class ModuleStore:
     # -- publication -----------------------------------------------------------
     def publish(self, config: BuildConfig, outcome: BuildOutcome) -> Manifest:
         """Install a finished binary: staged in a temporary folder (binary, then manifest), then renamed."""
+        from .fs import atomic_copy, atomic_write_bytes, make_dirs, remove_tree, temporary_name
+
         content = digest_value([[r.path, r.sha256] for r in outcome.inputs])[:16]
         artifact_id = f"{config.short_key}-{content}"
         final = self.artifact_folder(artifact_id)
@@ -350,6 +369,8 @@ class ModuleStore:
         disk's stats (inputs, searched folders, tools, the binary as written here), so the warm path checks
         it as it checks a local build.
         """
+        from .fs import atomic_write_bytes, make_dirs, remove_tree, temporary_name
+
         why = _downloaded_mismatch(config, built, binary)
         if why:
             return None, why
@@ -416,6 +437,8 @@ class ModuleStore:
             return None
 
     def write_failure(self, config: BuildConfig, sources_digest: str, error: BuildError) -> None:
+        from .fs import atomic_write_bytes, remove_tree
+
         record = {"key": config.key, "attempt": uuid.uuid4().hex, "sources_digest": sources_digest,
                   "error": error.to_dict(), "time": time.time()}
         if os.path.isdir(self._failure_path(config)) and not os.path.islink(self._failure_path(config)):
@@ -426,11 +449,15 @@ class ModuleStore:
             logger.warning("could not record the failed build in %s: %s", self._failure_path(config), e)
 
     def clear_failure(self, config: BuildConfig) -> None:
+        from .fs import remove_tree
+
         remove_tree(self._failure_path(config))  # a folder there (damage) goes too
 
 
 def module_names(root: str) -> list[str]:
     """The folders under ``root`` laid out as modules of this library, sorted; [] for a missing root."""
+    from .fs import TEMP_MARKER
+
     try:
         with os.scandir(root) as entries:
             folders = [e for e in entries if e.is_dir(follow_symlinks=False) and TEMP_MARKER not in e.name]
@@ -460,6 +487,8 @@ def _owned_by_me(path: str) -> bool:
 
 def _install_folder(staging: str, final: str) -> None:
     """Rename a complete artifact folder into place, replacing an older (damaged) one if present."""
+    from .fs import remove_tree, temporary_name
+
     try:
         os.rename(staging, final)
         return
