@@ -60,7 +60,6 @@ def test_use_pch_false_the_setting_and_cuda_builds_turn_it_off(monkeypatch: pyte
         return cast(Any, SimpleNamespace(request=SimpleNamespace(**{"with_cuda": False, **request})))
 
     assert pch._wanted(config(use_pch=True))
-    assert pch._wanted(config())  # a request from before the argument existed
     assert not pch._wanted(config(use_pch=False))
     assert not pch._wanted(config(use_pch=True, with_cuda=True))
     monkeypatch.setenv("CACHED_CPP_EXTENSION_DISABLE_PCH", "1")
@@ -185,8 +184,10 @@ def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_two_torch_modules_build_the_header_once_and_both_use_it(shared_root: Path, tmp_path: Path,
-                                                                   compilers: CompilerLog) -> None:
+def test_the_second_torch_module_builds_the_header_once_and_uses_it(shared_root: Path, tmp_path: Path,
+                                                                    compilers: CompilerLog) -> None:
+    """A first one-source module only notes that it could have used the header (building it would cost more
+    than it saves); the next one builds it once and compiles with it."""
     results = []
     for name, factor in (("pch_a", 3), ("pch_b", 5)):
         source = _write(tmp_path / f"{name}.cpp", _MODULE.format(name=name, factor=factor))
@@ -200,14 +201,20 @@ def test_two_torch_modules_build_the_header_once_and_both_use_it(shared_root: Pa
     assert results == [3, 5]
     header_builds = [c for c in compilers.calls() if "c++-header" in c]
     assert len(header_builds) == 1, header_builds
-    compiles = compilers.compiles(".cpp")
-    assert len(compiles) == 2 and all("-include" in c and "-fpch-deps" in c for c in compiles), compiles
-    logs = list(shared_root.glob("pch_*/builds/*/build.log"))
-    assert len(logs) == 2
-    for log in logs:  # gcc -H: "! <file>.gch" is a PCH it used
-        assert any(line.startswith("! ") and line.endswith(".gch") for line in log.read_text().splitlines()), log
-    assert [p.name for p in (shared_root / pch.PCH_FOLDER).iterdir() if not p.name.endswith("-lock")
-            and not p.name.endswith(".owner")] != []
+    first, second = compilers.compiles(".cpp")
+    assert "pch_a.cpp" in first and "-include" not in first, first
+    assert "pch_b.cpp" in second and "-include" in second and "-fpch-deps" in second, second
+    (log,) = shared_root.glob("pch_b/builds/*/build.log")  # gcc -H: "! <file>.gch" is a PCH it used
+    assert any(line.startswith("! ") and line.endswith(".gch") for line in log.read_text().splitlines()), log
+    assert [p.name for p in (shared_root / pch.PCH_FOLDER).iterdir() if p.is_dir()] != []
+
+
+def test_a_missing_header_is_built_for_two_sources_or_when_an_earlier_build_wanted_it(tmp_path: Path) -> None:
+    folder = str(tmp_path / pch.PCH_FOLDER / "torch_extension-0123456789abcdef")
+    assert pch._pays_off(folder, 2)
+    assert not pch._pays_off(folder, 1)  # leaves the note
+    assert Path(folder + ".wanted").exists()
+    assert pch._pays_off(folder, 1)
 
 
 @pytest.mark.slow

@@ -49,6 +49,7 @@ PCH_FOLDER = "_shared-pch"  # not an identifier, so never a module's folder
 PCH_HEADERS = ("torch/extension.h", "torch/torch.h", "ATen/ATen.h")
 _LINK_FOLDER = "pch"  # inside a build folder
 _RECORD = "pch.json"
+_WANTED = ".wanted"  # beside a PCH folder: a build could have used it (see _pays_off)
 _FORMAT = 1
 _CXX_SUFFIXES = (".cc", ".cpp", ".cxx", ".c++", ".C")
 _INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]')
@@ -77,7 +78,8 @@ def shared_pch_flags(config: BuildConfig, toolchain: Toolchain, build_folder: st
         return {}
     result: dict[str, list[str]] = {}
     for header, compiled_sources in sorted(by_header.items()):
-        words = _linked_pch(config, toolchain, build_folder, cache_root, header, pch_flags(flags))
+        words = _linked_pch(config, toolchain, build_folder, cache_root, header, pch_flags(flags),
+                            len(compiled_sources))
         for compiled in compiled_sources:
             if words:
                 result[compiled] = words
@@ -86,7 +88,7 @@ def shared_pch_flags(config: BuildConfig, toolchain: Toolchain, build_folder: st
 
 def _wanted(config: BuildConfig) -> bool:
     request = config.request
-    if _settings.DISABLE_PCH.get() or not getattr(request, "use_pch", True):
+    if _settings.DISABLE_PCH.get() or not request.use_pch:
         return False
     return not request.with_cuda  # torch's load() writes CUDA builds' ninja file: their flags are not ours
 
@@ -138,11 +140,13 @@ def _stem(header: str) -> str:
 
 
 def _linked_pch(config: BuildConfig, toolchain: Toolchain, build_folder: str, cache_root: str, header: str,
-                flags: list[str]) -> list[str]:
+                flags: list[str], qualifying: int) -> list[str]:
     stem = _stem(header)
     folder = os.path.join(cache_root, PCH_FOLDER, f"{stem}-{_pch_key(config, toolchain, header, flags)[:16]}")
     try:
         if not _usable(folder):
+            if not _pays_off(folder, qualifying):
+                return []
             build_shared_pch(folder, toolchain.cxx_command, header, flags)
         if not _usable(folder):
             return []
@@ -150,6 +154,22 @@ def _linked_pch(config: BuildConfig, toolchain: Toolchain, build_folder: str, ca
     except OSError as error:
         _warn_once(folder, f"the shared precompiled header {folder} is not usable ({error}); building without it")
         return []
+
+
+def _pays_off(folder: str, qualifying: int) -> bool:
+    """Whether building the missing PCH now pays for itself.
+
+    Building it takes longer than compiling one source without it, so a one-off module of one source
+    would be slower for it: such a build only leaves a note (``<folder>.wanted``), and the next build that
+    could use this PCH (another module, a rebuild) builds it. Two qualifying sources pay at once.
+    """
+    marker = folder + _WANTED
+    if qualifying >= 2 or os.path.exists(marker):
+        return True
+    make_dirs(os.path.dirname(folder), folder_mode())
+    atomic_write_bytes(marker, b"")
+    logger.debug("%s: not building the shared precompiled header for one source yet (next time)", folder)
+    return False
 
 
 def _usable(folder: str) -> bool:
