@@ -168,6 +168,23 @@ def test_a_damaged_generated_source_is_written_again(compilers: CompilerLog, cac
     assert generated.read_text() == plain_source(3)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_generated_source_of_the_right_size_owned_by_another_user_is_written_again(
+        compilers: CompilerLog, cache_root: Path) -> None:
+    """Another user's file in its place (same size, other code) is never compiled: the call writes its own."""
+    cpp_extension_tools.cached_load_inline("inline_foreign", plain_source(4), no_implicit_headers=True)
+    [generated] = cache_root.glob("inline_foreign/inline/*/main.cpp")
+    generated.write_text(plain_source(9))  # same length, other value
+    os.chown(generated, 65534, 65534)
+    result = run_python(f"""
+        import cpp_extension_tools
+        print(cpp_extension_tools.cached_load_inline("inline_foreign", {plain_source(4)!r},
+                                                     no_implicit_headers=True).answer())
+    """)
+    assert result.stdout.strip() == "4"
+    assert generated.read_text() == plain_source(4) and generated.stat().st_uid == os.geteuid()
+
+
 def test_the_drop_in_keeps_torchs_defaults_and_order(compilers: CompilerLog, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     source = tmp_path / "plain.cpp"
