@@ -14,7 +14,7 @@ from tests.conftest import REPO
 
 SCENARIOS = {"cold build", "cold build, C as C", "warm load", "warm load + import", "import overhead",
              "spawn fan-out, cold", "spawn fan-out, warm", "edit one source", "branch switch", "header edit",
-             "scaling: sources", "scaling: artifacts", "kernel: hash_strings", "kernel: hash_ids"}
+             "scaling: sources", "scaling: artifacts", "kernel: hash_strings", "kernel: hash_ids", "remote tier"}
 
 
 COMMITTED = REPO / "bench" / "results"

@@ -39,6 +39,7 @@ import os
 import stat
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._errors import BuildError, ManifestError, cache_not_writable
@@ -329,26 +330,69 @@ class ModuleStore:
     # -- publication -----------------------------------------------------------
     def publish(self, config: BuildConfig, outcome: BuildOutcome) -> Manifest:
         """Install a finished binary: staged in a temporary folder (binary, then manifest), then renamed."""
-        from .fs import atomic_copy, atomic_write_bytes, make_dirs, remove_tree, temporary_name
+        from .fs import atomic_copy
 
         content = digest_value([[r.path, r.sha256] for r in outcome.inputs])[:16]
         artifact_id = f"{config.short_key}-{content}"
+
+        def manifest_for(library: FileRecord) -> Manifest:
+            return Manifest(
+                name=config.name, key=config.key, artifact_id=artifact_id, library_file=library.path,
+                library=library, sources=config.sources, inputs=tuple(outcome.inputs), created_at=time.time(),
+                build_seconds=round(outcome.seconds, 3), details=outcome.details, folders=outcome.folders,
+                tools=outcome.tools)
+
+        return self._install_artifact(config, artifact_id, config.request.artifact_file,
+                                      lambda destination: atomic_copy(outcome.library, destination), manifest_for)
+
+    def publish_downloaded(self, config: BuildConfig, built: Manifest, binary: bytes) -> tuple[Manifest | None, str]:
+        """Install an artifact built on another host (a verified remote entry): (its local manifest, "") or
+        (None, why it does not fit this host). Called under the module lock, like :meth:`publish`.
+
+        Every input must have, here, the content the builder recorded; the manifest is re-stamped with this
+        disk's stats (inputs, searched folders, tools, the binary as written here), so the warm path checks
+        it as it checks a local build.
+        """
+        from .fs import atomic_write_bytes
+
+        why = _downloaded_mismatch(config, built, binary)
+        if why:
+            return None, why
+        try:
+            inputs = tuple(record_file(r.path, r.sha256) for r in built.inputs)
+            folders = tuple(FolderRecord(f.path, os.stat(f.path).st_mtime_ns) for f in built.folders)
+        except (OSError, ValueError) as e:
+            return None, f"this host's files differ from the builder's: {e}"
+
+        def manifest_for(library: FileRecord) -> Manifest:
+            return Manifest(
+                name=config.name, key=config.key, artifact_id=built.artifact_id, library_file=library.path,
+                library=library, sources=config.sources, inputs=inputs, created_at=time.time(),
+                build_seconds=built.build_seconds, details={**built.details, "downloaded": True}, folders=folders,
+                tools=tuple(_restamped_tool(t) for t in built.tools))
+
+        manifest = self._install_artifact(
+            config, built.artifact_id, built.library_file,
+            lambda destination: atomic_write_bytes(destination, binary, binary_mode()), manifest_for)
+        return manifest, ""
+
+    def _install_artifact(self, config: BuildConfig, artifact_id: str, library_file: str,
+                          write_binary: Callable[[str], None],
+                          manifest_for: Callable[[FileRecord], Manifest]) -> Manifest:
+        """The binary (``write_binary(path)``), then its manifest, in a temporary folder renamed into place."""
+        from .fs import atomic_write_bytes, make_dirs, remove_tree, temporary_name
+
         final = self.artifact_folder(artifact_id)
         staging = temporary_name(final)
         try:
             make_dirs(staging, folder_mode())
-            library_file = config.request.artifact_file
             destination = os.path.join(staging, library_file)
-            atomic_copy(outcome.library, destination)
+            write_binary(destination)
             st = os.stat(destination)
             # Stamps trusted at once, unlike inputs' (_hashing.trusted_stat): nothing but damage writes here.
             library = FileRecord(library_file, st.st_size, st.st_mtime_ns, digest_file(destination),
                                  st.st_ctime_ns, st.st_ino, st.st_dev)
-            manifest = Manifest(
-                name=config.name, key=config.key, artifact_id=artifact_id, library_file=library_file,
-                library=library, sources=config.sources, inputs=tuple(outcome.inputs), created_at=time.time(),
-                build_seconds=round(outcome.seconds, 3), details=outcome.details, folders=outcome.folders,
-                tools=outcome.tools)
+            manifest = manifest_for(library)
             atomic_write_bytes(os.path.join(staging, MANIFEST_NAME),
                                json.dumps(manifest.to_json(), indent=1).encode())
             _install_folder(staging, final)
@@ -360,50 +404,6 @@ class ModuleStore:
             raise
         self._write_latest(config, artifact_id)
         return manifest
-
-    def publish_downloaded(self, config: BuildConfig, built: Manifest, binary: bytes) -> tuple[Manifest | None, str]:
-        """Install an artifact built on another host (a verified remote entry): (its local manifest, "") or
-        (None, why it does not fit this host). Called under the module lock, like :meth:`publish`.
-
-        Every input must have, here, the content the builder recorded; the manifest is re-stamped with this
-        disk's stats (inputs, searched folders, tools, the binary as written here), so the warm path checks
-        it as it checks a local build.
-        """
-        from .fs import atomic_write_bytes, make_dirs, remove_tree, temporary_name
-
-        why = _downloaded_mismatch(config, built, binary)
-        if why:
-            return None, why
-        try:
-            inputs = tuple(record_file(r.path, r.sha256) for r in built.inputs)
-            folders = tuple(FolderRecord(f.path, os.stat(f.path).st_mtime_ns) for f in built.folders)
-        except (OSError, ValueError) as e:
-            return None, f"this host's files differ from the builder's: {e}"
-        final = self.artifact_folder(built.artifact_id)
-        staging = temporary_name(final)
-        try:
-            make_dirs(staging, folder_mode())
-            destination = os.path.join(staging, built.library_file)
-            atomic_write_bytes(destination, binary, binary_mode())
-            st = os.stat(destination)
-            library = FileRecord(built.library_file, st.st_size, st.st_mtime_ns, digest_file(destination),
-                                 st.st_ctime_ns, st.st_ino, st.st_dev)
-            manifest = Manifest(
-                name=config.name, key=config.key, artifact_id=built.artifact_id, library_file=built.library_file,
-                library=library, sources=config.sources, inputs=inputs, created_at=time.time(),
-                build_seconds=built.build_seconds, details={**built.details, "downloaded": True}, folders=folders,
-                tools=tuple(_restamped_tool(t) for t in built.tools))
-            atomic_write_bytes(os.path.join(staging, MANIFEST_NAME),
-                               json.dumps(manifest.to_json(), indent=1).encode())
-            _install_folder(staging, final)
-        except OSError as e:
-            remove_tree(staging)
-            raise cache_not_writable(e, self.root) from e
-        except BaseException:
-            remove_tree(staging)
-            raise
-        self._write_latest(config, built.artifact_id)
-        return manifest, ""
 
     # -- failures ---------------------------------------------------------------
     # The protocol: failure_snapshot() before waiting for the lock; under it, raise_if_failed_since();
