@@ -337,7 +337,13 @@ def _build_locked(store: ModuleStore, config: BuildConfig, toolchain: Toolchain,
         from ._remote.tier import open_tier
 
         tier = open_tier()
-    manifest = build() if tier is None else tier.obtain(store, config, digest, deadline, build)
+    if tier is None:
+        manifest = build()
+    else:
+        try:
+            manifest = tier.obtain(store, config, digest, deadline, build)
+        finally:
+            tier.close()
     store.clear_failure(config)
     if not config.request.keep_intermediates:
         _remove_intermediates(store.build_folder(config))

@@ -170,7 +170,7 @@ def _tampered(case: str, secret: bytes, name: bytes, fields: dict[bytes, bytes])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["binary", "manifest", "signature", "other_secret", "other_key"])
+@pytest.mark.parametrize("case", ["binary", "manifest", "signature", "other_secret", "other_key", "not_a_hash"])
 def test_a_bad_entry_is_rejected_rebuilt_and_replaced(cluster: Cluster, good_entry: tuple[bytes, dict[bytes, bytes]],
                                                       case: str) -> None:
     from cpp_extension_tools._remote.entry import Entry
@@ -179,7 +179,10 @@ def test_a_bad_entry_is_rejected_rebuilt_and_replaced(cluster: Cluster, good_ent
     secret = cluster.secret.read_bytes().strip()
     cluster.redis().flushall()
     cluster.compilers.reset()
-    cluster.redis().hset(name, mapping=_tampered(case, secret, name, fields))
+    if case == "not_a_hash":  # something else written under the entry's name (WRONGTYPE for HGETALL)
+        cluster.redis().set(name, b"not an entry")
+    else:
+        cluster.redis().hset(name, mapping=_tampered(case, secret, name, fields))
     report, err = cluster.host()
     assert report["ok"] == 42, err
     assert len(cluster.compilers.compiles()) == 2  # built locally
@@ -187,6 +190,52 @@ def test_a_bad_entry_is_rejected_rebuilt_and_replaced(cluster: Cluster, good_ent
     assert len(rejections) == 1, err
     replaced = Entry.from_fields(cluster.redis().hgetall(name))
     assert replaced is not None and replaced.is_signed_by(secret, _entry_key(name))
+
+
+LIBRARY_SCRIPT = textwrap.dedent("""
+    import json, os
+    import cpp_extension_tools as c
+    path = c.cached_load_torch_cpp_extension({name!r}, {sources!r}, is_python_module=False)
+    print(json.dumps({{"path": path, "exists": os.path.isfile(path)}}))
+""")
+
+
+def test_a_plain_library_is_shared_through_the_remote_too(cluster: Cluster) -> None:
+    """is_python_module=False artifacts (named like modules, loaded with torch.ops.load_library) download too."""
+    script = cluster.folder / "library_host.py"
+    script.write_text(LIBRARY_SCRIPT.format(name="remote_library", sources=cluster.sources))
+    reports = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, str(script)], env=cluster.env(), capture_output=True, text=True,
+                             timeout=300)
+        reports.append(last_json(out.stdout))
+        assert reports[-1]["exists"], out.stderr
+        if len(reports) == 1:
+            assert len(cluster.compilers.compiles()) == 2, out.stderr
+            cluster.compilers.reset()
+    assert cluster.compilers.compiles() == []  # the second host downloaded it
+    assert reports[0]["path"] != reports[1]["path"]  # each host its own cache root
+
+
+def test_hosts_waiting_for_a_builder_whose_build_fails_build_at_once_instead_of_one_after_another(
+        cluster: Cluster) -> None:
+    """A failed cluster build leaves no entry: the waiting hosts must not elect builders one at a time."""
+    broken = cluster.folder / "broken"
+    broken.mkdir(exist_ok=True)
+    (broken / "broken.c").write_text("this is not C\n")
+    script = cluster.folder / "broken_host.py"
+    script.write_text(HOST_SCRIPT.format(name="remote_broken", sources=[str(broken / "broken.c")]))
+    builder = subprocess.Popen([sys.executable, str(script)], env=cluster.env(COMPILE_DELAY="3"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(cluster.redis().scan_iter(match="cpp_extension_tools:1:lock:remote_broken:*")):
+        assert time.monotonic() < deadline and builder.poll() is None, "the builder never took the cluster lock"
+        time.sleep(0.05)
+    waiter = subprocess.Popen([sys.executable, str(script)], env=cluster.env(VERBOSE="1"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outputs = [process.communicate(timeout=300) for process in (builder, waiter)]
+    assert [last_json(out)["error"] for out, _ in outputs] == ["BuildError", "BuildError"], outputs
+    assert "the cluster's builder left no entry; building here" in outputs[1][1], outputs[1][1]
 
 
 def test_without_a_secret_the_remote_is_not_used_with_one_warning(cluster: Cluster) -> None:

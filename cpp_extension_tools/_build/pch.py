@@ -36,7 +36,7 @@ from typing import Any
 from .. import _settings
 from .._cache.fs import TEMP_MARKER, atomic_write_bytes, make_dirs, remove_tree
 from .._cache.hashing import digest_value
-from .._cache.trust import folder_mode
+from .._cache.trust import data_file_mode, folder_mode
 from .._env.toolchain import Toolchain
 from .._key import BuildConfig
 
@@ -50,7 +50,7 @@ PCH_HEADERS = ("torch/extension.h", "torch/torch.h", "ATen/ATen.h")
 _LINK_FOLDER = "pch"  # inside a build folder
 _RECORD = "pch.json"
 _WANTED = ".wanted"  # beside a PCH folder: a build could have used it (see _pays_off)
-_FORMAT = 1
+_FORMAT = 2  # 2: input signatures with ctime and device
 _CXX_SUFFIXES = (".cc", ".cpp", ".cxx", ".c++", ".C")
 _INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]')
 _SKIPPED_DIRECTIVE = re.compile(r"^\s*#\s*pragma\s+once\b")
@@ -199,7 +199,7 @@ def _signature(path: str) -> list[int] | None:
         st = os.stat(path)
     except OSError:
         return None
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev]
 
 
 def build_shared_pch(folder: str, cxx: Sequence[str], header: str, flags: Sequence[str]) -> None:
@@ -239,7 +239,8 @@ def _remove_leftovers(folder: str) -> None:
     parent, base = os.path.split(folder)
     with os.scandir(parent) as entries:
         for entry in entries:
-            if entry.name.startswith(base) and TEMP_MARKER in entry.name:
+            if (entry.name.startswith(base) and TEMP_MARKER in entry.name
+                    and not entry.name.startswith(base + _WANTED)):  # markers are written without the lock
                 logger.debug("deleting %s, left by a killed precompiled-header build", entry.path)
                 if entry.is_dir(follow_symlinks=False):
                     remove_tree(entry.path)
@@ -259,6 +260,9 @@ def _compile_into(staging: str, cxx: Sequence[str], header: str, flags: Sequence
     if ok:
         with open(wrapper + ".gch", "rb+") as f:
             os.fsync(f.fileno())
+            # The other members of a shared cache hard-link it too, which fs.protected_hardlinks allows
+            # only to those who may write it: the mode of the cache's data files (0o664 shared, 0o644).
+            os.fchmod(f.fileno(), data_file_mode())
         own = os.path.abspath(staging) + os.sep  # the wrapper: renamed with the folder, and ours
         inputs = [p for p in _depfile_inputs(depfile) if not os.path.abspath(p).startswith(own)]
         record["inputs"] = {path: _signature(path) for path in inputs}
@@ -276,7 +280,11 @@ def _run(command: list[str]) -> tuple[bool, str]:
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         output, _ = process.communicate(timeout=_BUILD_TIMEOUT_S)
-    except BaseException:  # interrupted or timed out: stop the compiler before the staging folder goes
+    except subprocess.TimeoutExpired:  # recorded as a failed PCH build: modules build without it
+        process.kill()
+        process.wait()
+        return False, f"the compiler did not finish within {_BUILD_TIMEOUT_S:.0f} s"
+    except BaseException:  # interrupted: stop the compiler before the staging folder goes
         process.kill()
         process.wait()
         raise

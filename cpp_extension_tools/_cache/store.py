@@ -507,7 +507,8 @@ def _downloaded_mismatch(config: BuildConfig, built: Manifest, binary: bytes) ->
     """Why an artifact built elsewhere is not this configuration's ("" when it is)."""
     content = digest_value([[r.path, r.sha256] for r in built.inputs])[:16]
     if (built.key != config.key or built.name != config.name or built.sources != config.sources
-            or built.library_file != f"{config.name}.so" or built.artifact_id != f"{config.short_key}-{content}"):
+            or built.library_file != config.request.artifact_file
+            or built.artifact_id != f"{config.short_key}-{content}"):
         return "its manifest describes another artifact"
     if len(binary) != built.library.size or hashlib.sha256(binary).hexdigest() != built.library.sha256:
         return "its binary differs from its manifest"

@@ -33,6 +33,7 @@ __all__ = ["TRAFFIC", "RemoteTier", "host_name", "open_tier"]
 logger = logging.getLogger("cpp_extension_tools")
 
 TRAFFIC = {"received": 0, "sent": 0}  # payload bytes of this process (entries read and written), for the bench
+_NO_ENTRY = ":no-entry"  # beside a lock: its builder pushed nothing (failed, or too large)
 _POLL_SECONDS = 0.1
 _REFRESH_SECONDS = 86400.0  # an entry's expiry is pushed back at most once a day
 _warned: set[str] = set()
@@ -96,21 +97,19 @@ class RemoteTier:
                build: Callable[[], Manifest]) -> Manifest:
         """Build as the cluster's builder, or wait for the builder's entry (until ``deadline``)."""
         started = next_log = time.monotonic()
+        waited = False
         while True:
+            if waited and self._builder_left_no_entry(key):
+                # Its build failed, or its binary is too large to share: electing a new builder would build
+                # once per host, one after another; each host builds for itself at once instead.
+                logger.info("%s: the cluster's builder left no entry; building here", config.name)
+                return build()
             lock = ClusterLock(self._client, key.lock, self._host, _settings.REMOTE_LOCK_EXPIRY.get())
             with translated_errors():
                 acquired = lock.try_acquire()
             if acquired:
-                try:
-                    # The previous builder may have pushed between our look and our lock.
-                    manifest = self._download(store, config, key)
-                    if manifest is not None:
-                        return manifest
-                    manifest = build()
-                finally:
-                    lock.release()
-                self.push(store, config, key.sources_digest, manifest)
-                return manifest
+                return self._build_as_builder(store, config, key, lock, build)
+            waited = True
             manifest = self._download(store, config, key)
             if manifest is not None:
                 return manifest
@@ -124,6 +123,44 @@ class RemoteTier:
                     f"{now - started:.0f} s; to wait longer set {_settings.LOCK_TIMEOUT.name} (seconds)")
             time.sleep(min(_POLL_SECONDS, max(0.0, deadline - now)))
 
+    def _build_as_builder(self, store: ModuleStore, config: BuildConfig, key: EntryKey, lock: ClusterLock,
+                          build: Callable[[], Manifest]) -> Manifest:
+        """Build holding the cluster lock, and push before releasing it, so that the hosts waiting for
+        the lock find the entry instead of building again."""
+        pushed = False
+        try:
+            # The previous builder may have pushed between our look and our lock.
+            manifest = self._download(store, config, key)
+            if manifest is not None:
+                return manifest
+            manifest = build()
+            pushed = self.push(store, config, key.sources_digest, manifest)
+            return manifest
+        finally:
+            if not pushed:
+                self._mark_no_entry(key)
+            lock.release()
+
+    def _mark_no_entry(self, key: EntryKey) -> None:
+        """Tell the waiting hosts that this build leaves nothing to download (best effort)."""
+        try:
+            with translated_errors():
+                self._client.set(key.lock + _NO_ENTRY, self._host, px=round(_settings.REMOTE_LOCK_EXPIRY.get() * 1000))
+        except RemoteUnavailable as error:
+            logger.debug("could not mark %s as left without an entry: %s", key.lock, error)
+
+    def _builder_left_no_entry(self, key: EntryKey) -> bool:
+        with translated_errors():
+            return bool(self._client.exists(key.lock + _NO_ENTRY))
+
+    def close(self) -> None:
+        """Close the connections (a tier serves one cold call)."""
+        try:
+            with translated_errors():
+                self._client.close()
+        except RemoteUnavailable as error:  # closing must never fail the load
+            logger.debug("closing the remote cache client: %s", error)
+
     def _holder(self, key: EntryKey) -> str:
         try:
             with translated_errors():
@@ -134,9 +171,19 @@ class RemoteTier:
 
     def _download(self, store: ModuleStore, config: BuildConfig, key: EntryKey) -> Manifest | None:
         """Fetch, verify and publish the entry of ``key``; None when absent, bad, or not for this host."""
+        import redis
+
         with translated_errors():
-            fields = {k: v for k, v in self._client.hgetall(key.entry).items()
-                      if isinstance(k, bytes) and isinstance(v, bytes)}
+            try:
+                raw = self._client.hgetall(key.entry)
+            except redis.ResponseError as error:
+                if not str(error).startswith("WRONGTYPE"):
+                    raise
+                # Something else was written under the entry's name: a bad entry, which the build replaces
+                # (push deletes the key first), not a reason to give up the remote tier for this key.
+                self._reject(config, key, b"", f"it is not an entry ({error})")
+                return None
+        fields = {k: v for k, v in raw.items() if isinstance(k, bytes) and isinstance(v, bytes)}
         if not fields:
             return None
         TRAFFIC["received"] += sum(len(v) for v in fields.values())
