@@ -138,7 +138,7 @@ def test_hosts_starting_at_once_build_once(cluster: Cluster, hosts: int) -> None
     processes = [cluster.start(cluster.env(COMPILE_DELAY="1")) for _ in range(hosts)]
     outputs = [p.communicate(timeout=600) for p in processes]
     assert [last_json(out)["ok"] for out, _ in outputs] == [42] * hosts, outputs
-    assert len(cluster.compilers.compiles()) == 2
+    assert len(cluster.compilers.compiles()) == 2, "\n".join(err for _, err in outputs)
     assert len(cluster.compilers.links()) == 1
 
 

@@ -127,17 +127,17 @@ class RemoteTier:
                           build: Callable[[], Manifest]) -> Manifest:
         """Build holding the cluster lock, and push before releasing it, so that the hosts waiting for
         the lock find the entry instead of building again."""
-        pushed = False
+        entry_there = False
         try:
             # The previous builder may have pushed between our look and our lock.
             manifest = self._download(store, config, key)
-            if manifest is not None:
-                return manifest
-            manifest = build()
-            pushed = self.push(store, config, key.sources_digest, manifest)
+            entry_there = manifest is not None
+            if manifest is None:
+                manifest = build()
+                entry_there = self.push(store, config, key.sources_digest, manifest)
             return manifest
         finally:
-            if not pushed:
+            if not entry_there:
                 self._mark_no_entry(key)
             lock.release()
 
