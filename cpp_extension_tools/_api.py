@@ -314,7 +314,7 @@ def _remaining(deadline: float) -> float:
 
 
 def _build_locked(store: ModuleStore, config: BuildConfig, toolchain: Toolchain,
-                  failure_before: FailureSnapshot, deadline: float = math.inf) -> Manifest:
+                  failure_before: FailureSnapshot, deadline: float) -> Manifest:
     digest = sources_digest(config)
     store.raise_if_failed_since(config, failure_before, digest)
 
