@@ -3,8 +3,10 @@ here, through the drop-ins of patch_torch() and through cached_load_inline.
 
 The builds include torch's headers (20-60 s each on a small machine), so each module is built once per
 session in one shared cache root and several of torch's tests share it; they are all marked slow.
-With PARITY_WITH_TORCH=1 the same tests also run against torch's own load/load_inline (the reference
-column of docs/torch-compat.md). PARITY_ROOT=FOLDER keeps the cache between runs.
+With PARITY_WITH_TORCH=1 the same tests also run against torch's own load/load_inline, in the same process;
+PARITY_IMPLEMENTATIONS=torch runs torch's side alone, in a process that loads none of the drop-in's builds (the
+reference column of docs/torch-compat.md: pybind11 registers a bound C++ class once per process, so sharing
+one with the drop-in's builds fails torch's imports). PARITY_ROOT=FOLDER keeps the cache between runs.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ from cpp_extension_tools._errors import BuildError
 pytestmark = pytest.mark.slow
 
 SOURCES = Path(__file__).resolve().parent / "torch_jit_sources"
-IMPLEMENTATIONS = ["drop_in", *(["torch"] if os.environ.get("PARITY_WITH_TORCH") == "1" else [])]
+IMPLEMENTATIONS = (os.environ["PARITY_IMPLEMENTATIONS"].split(",") if os.environ.get("PARITY_IMPLEMENTATIONS") else
+                   ["drop_in", *(["torch"] if os.environ.get("PARITY_WITH_TORCH") == "1" else [])])
+if not IMPLEMENTATIONS or not set(IMPLEMENTATIONS) <= {"drop_in", "torch"}:
+    raise ValueError(f"PARITY_IMPLEMENTATIONS: a comma-separated list of drop_in and torch, not {IMPLEMENTATIONS}")
 
 
 @dataclass(frozen=True)
