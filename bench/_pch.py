@@ -4,7 +4,8 @@ Modules of one and of four sources that include torch/extension.h first, each fu
 result. Ours runs with the shared header already built (its own build is timed once, as its own row);
 torch's load() with the same flags. torch's load_inline(use_pch=True) writes its .gch into torch's
 install folder (site-packages), where every other build of that environment would then find it: that
-row runs only with ``BENCH_TORCH_PCH=1``, in an environment of its own.
+row runs only with ``BENCH_TORCH_PCH=1``, in an environment of its own, after every other build, and the
+files it writes there are deleted after each module size.
 
 Run alone: ``python -m bench._pch [repeat]`` (each torch build takes 20-60 s on a 2-core machine).
 """
@@ -88,27 +89,59 @@ def pch_builds(ws: Workspace, repeat: int = 1, sizes: tuple[int, ...] = (1, 4)) 
     _progress(f"first module of ours (with the shared header's build, if it was not there): {first:.1f} s")
     rows = [row("torch header: shared PCH build", "first module of ours (header build + its compile)", "s",
                 [first], [], "paid once per compiler, torch and flags", None)]
-    for n, sources in modules.items():
-        samples: dict[str, list[float]] = {"ours": [], "torch": [], "ours_no_pch": [], "torch_pch": []}
-        for r in range(repeat):
-            # Each repetition a name of its own: a cold build every time, the shared header warm.
-            for tool, key, extra in (("ours", "ours", None), ("torch", "torch", None),
-                                     ("ours", "ours_no_pch", {"CACHED_CPP_EXTENSION_DISABLE_PCH": "1"}),
-                                     ("inline", "torch_pch", None)):
-                if key in ("ours_no_pch", "torch_pch") and r > 0:
-                    continue
-                if key == "torch_pch" and os.environ.get("BENCH_TORCH_PCH") != "1":
-                    continue
-                samples[key].append(_build(ws, tool, f"pch_{key}_{n}_{r}_{run}", sources, extra))
-                _progress(f"{n} source(s), {key}: {samples[key][-1]:.1f} s")
-        speedup = statistics.median(samples["torch"]) / statistics.median(samples["ours"])
+    samples = {n: _samples(ws, n, sources, repeat, run) for n, sources in modules.items()}
+    if os.environ.get("BENCH_TORCH_PCH") == "1":
+        _torch_pch_samples(ws, modules, samples, run)
+    for n, by_tool in samples.items():
+        speedup = statistics.median(by_tool["torch"]) / statistics.median(by_tool["ours"])
         target = "at least 3x faster than torch's load()" if n == 4 else "faster than torch's load()"
         rows.append(row(f"torch header: cold build, {n} source{'s' if n > 1 else ''}", "cold build, shared PCH warm",
-                        "s", samples["ours"], samples["torch"], target, speedup >= (3 if n == 4 else 1),
-                        speedup=round(speedup, 2), ours_without_pch=samples["ours_no_pch"],
-                        torch_load_inline_use_pch=samples["torch_pch"] or "not run (BENCH_TORCH_PCH unset)",
-                        repeat=repeat, flags=_FLAGS))
+                        "s", by_tool["ours"], by_tool["torch"], target, speedup >= (3 if n == 4 else 1),
+                        speedup=round(speedup, 2), ours_without_pch=by_tool["ours_no_pch"],
+                        torch_load_inline_use_pch=by_tool["torch_pch"] or "not run (BENCH_TORCH_PCH unset)",
+                        torch_pch_header_build=by_tool.get("torch_pch_first", []), repeat=repeat, flags=_FLAGS))
     return rows
+
+
+def _samples(ws: Workspace, n: int, sources: list[str], repeat: int, run: str) -> dict[str, list[float]]:
+    """Cold builds of one module: ours and torch's load() ``repeat`` times each, ours without the PCH once."""
+    samples: dict[str, list[float]] = {"ours": [], "torch": [], "ours_no_pch": [], "torch_pch": []}
+    for r in range(repeat):
+        # Each repetition a name of its own: a cold build every time, the shared header warm.
+        for tool, key, extra in (("ours", "ours", None), ("torch", "torch", None),
+                                 ("ours", "ours_no_pch", {"CACHED_CPP_EXTENSION_DISABLE_PCH": "1"})):
+            if key == "ours_no_pch" and r > 0:
+                continue
+            samples[key].append(_build(ws, tool, f"pch_{key}_{n}_{r}_{run}", sources, extra))
+            _progress(f"{n} source(s), {key}: {samples[key][-1]:.1f} s")
+    return samples
+
+
+def _torch_pch_samples(ws: Workspace, modules: dict[int, list[str]], samples: dict[int, dict[str, list[float]]],
+                       run: str) -> None:
+    """torch's load_inline(use_pch=True), after every other build: the .gch it leaves beside torch/extension.h
+    is found by gcc for any later build that includes that header, torch's load() too, so it would flatter the
+    torch rows. The first build of each size writes the header (its own sample), the second uses it; the .gch is
+    deleted at the end."""
+    import torch
+
+    folder = Path(torch.__file__).parent / "include" / "torch"
+    if _torch_pch_files(folder):
+        raise RuntimeError(f"{_torch_pch_files(folder)} exist before the benchmark: torch's rows would use them; "
+                           "delete them first")
+    for n, sources in modules.items():
+        try:
+            for key in ("torch_pch_first", "torch_pch"):
+                samples[n].setdefault(key, []).append(_build(ws, "inline", f"pch_{key}_{n}_{run}", sources))
+                _progress(f"{n} source(s), {key}: {samples[n][key][-1]:.1f} s")
+        finally:  # each size's first build writes the header again
+            for leftover in _torch_pch_files(folder):
+                leftover.unlink()
+
+
+def _torch_pch_files(folder: Path) -> list[Path]:
+    """What torch's use_pch=True writes beside its header: the .gch and its signature file."""
+    return sorted([*folder.glob("extension.h.gch*"), *folder.glob("extension.h.sign")])
 
 
 def _progress(message: str) -> None:
