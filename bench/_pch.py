@@ -99,13 +99,15 @@ def pch_builds(ws: Workspace, repeat: int = 1, sizes: tuple[int, ...] = (1, 4)) 
                         "s", by_tool["ours"], by_tool["torch"], target, speedup >= (3 if n == 4 else 1),
                         speedup=round(speedup, 2), ours_without_pch=by_tool["ours_no_pch"],
                         torch_load_inline_use_pch=by_tool["torch_pch"] or "not run (BENCH_TORCH_PCH unset)",
-                        torch_pch_header_build=by_tool.get("torch_pch_first", []), repeat=repeat, flags=_FLAGS))
+                        torch_pch_header_build=by_tool["torch_pch_first"], repeat=repeat, flags=_FLAGS))
     return rows
 
 
 def _samples(ws: Workspace, n: int, sources: list[str], repeat: int, run: str) -> dict[str, list[float]]:
-    """Cold builds of one module: ours and torch's load() ``repeat`` times each, ours without the PCH once."""
-    samples: dict[str, list[float]] = {"ours": [], "torch": [], "ours_no_pch": [], "torch_pch": []}
+    """Cold builds of one module: ours and torch's load() ``repeat`` times each, ours without the PCH once (the
+    torch_pch keys are filled by _torch_pch_samples)."""
+    samples: dict[str, list[float]] = {"ours": [], "torch": [], "ours_no_pch": [], "torch_pch_first": [],
+                                       "torch_pch": []}
     for r in range(repeat):
         # Each repetition a name of its own: a cold build every time, the shared header warm.
         for tool, key, extra in (("ours", "ours", None), ("torch", "torch", None),
@@ -121,18 +123,18 @@ def _torch_pch_samples(ws: Workspace, modules: dict[int, list[str]], samples: di
                        run: str) -> None:
     """torch's load_inline(use_pch=True), after every other build: the .gch it leaves beside torch/extension.h
     is found by gcc for any later build that includes that header, torch's load() too, so it would flatter the
-    torch rows. The first build of each size writes the header (its own sample), the second uses it; the .gch is
-    deleted at the end."""
+    torch rows. The first build of each size writes the header (its own sample), the second uses it; what it
+    wrote is deleted after each size."""
     import torch
 
     folder = Path(torch.__file__).parent / "include" / "torch"
-    if _torch_pch_files(folder):
-        raise RuntimeError(f"{_torch_pch_files(folder)} exist before the benchmark: torch's rows would use them; "
-                           "delete them first")
+    present = _torch_pch_files(folder)
+    if present:
+        raise RuntimeError(f"{present} exist before the benchmark: torch's rows would use them; delete them first")
     for n, sources in modules.items():
         try:
             for key in ("torch_pch_first", "torch_pch"):
-                samples[n].setdefault(key, []).append(_build(ws, "inline", f"pch_{key}_{n}_{run}", sources))
+                samples[n][key].append(_build(ws, "inline", f"pch_{key}_{n}_{run}", sources))
                 _progress(f"{n} source(s), {key}: {samples[n][key][-1]:.1f} s")
         finally:  # each size's first build writes the header again
             for leftover in _torch_pch_files(folder):
