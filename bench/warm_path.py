@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(inline) if args.json else
               f"cached_load_inline warm call {inline['inline_warm_call_ms']:.3f} ms, native warm call of the same "
               f"artifact {inline['native_warm_call_ms']:.3f} ms, difference {inline['difference_ms']:.3f} ms "
-              f"(of which importing cached_load_inline's module {inline['inline_import_ms']:.3f} ms); a second "
+              f"(the inline call includes importing its module: {inline['inline_import_ms']:.3f} ms); a second "
               f"call in the same process {inline['inline_second_call_ms']:.3f} vs {inline['native_second_call_ms']:.3f}"
               f" ms, difference {inline['second_call_difference_ms']:.3f} ms (medians of {args.repeat})")
         return 0
